@@ -80,7 +80,7 @@ def _mteb(argv: list[str]) -> int:
 
 def _check_names(args: argparse.Namespace, mteb: object) -> None:
     """Fail on a misspelt model, task or benchmark before the model is loaded (mteb checks tasks only after)."""
-    from mteb.get_tasks import _TASKS_REGISTRY  # noqa: PLC2701
+    from mteb.get_tasks import _TASKS_REGISTRY
     from mteb.models.model_implementations import MODEL_REGISTRY
 
     problems = []

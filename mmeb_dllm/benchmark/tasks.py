@@ -217,7 +217,9 @@ def build_tasks(table: BenchmarkTable) -> tuple[list[type[MMEBTask]], list[type]
         return [inst for key, inst in instances.items() if specs[key].meta_task in meta_tasks]
 
     n = len(table.datasets)
-    aggregates = [aggregate_class(table, table.name, f"{table.name}: flat mean P@1 over all {n} datasets.", select(*META_TASKS))]
+    aggregates = [
+        aggregate_class(table, table.name, f"{table.name}: flat mean P@1 over all {n} datasets.", select(*META_TASKS))
+    ]
     for meta in META_TASKS:
         chosen = select(meta)
         if chosen:
@@ -235,7 +237,7 @@ def build_tasks(table: BenchmarkTable) -> tuple[list[type[MMEBTask]], list[type]
     grouping = [BenchmarkAggregation.MEAN_TASK]
     for label, key_of in (("Meta-task", lambda s: s.meta_task), ("Split", lambda s: s.split)):
         groups = []
-        for value in (META_TASKS if label == "Meta-task" else SPLITS):
+        for value in META_TASKS if label == "Meta-task" else SPLITS:
             members = [inst for key, inst in instances.items() if key_of(specs[key]) == value]
             if members:
                 groups.append(CustomGroup(label=value, tasks=members))

@@ -9,7 +9,10 @@ from mmeb_dllm.errors import ConfigError
 
 def test_placeholder_becomes_the_backbone_token():
     text = "<|image_1|>\nRepresent the given image for classification"
-    assert user_content(text, has_image=True, image_token="<image>") == "<image>\nRepresent the given image for classification"
+    assert (
+        user_content(text, has_image=True, image_token="<image>")
+        == "<image>\nRepresent the given image for classification"
+    )
 
 
 def test_image_without_placeholder_goes_first():
@@ -18,7 +21,10 @@ def test_image_without_placeholder_goes_first():
 
 
 def test_placeholder_without_image_is_dropped():
-    assert user_content("<|image_1|>\nFind a news image: x", has_image=False, image_token="<image>") == "Find a news image: x"
+    assert (
+        user_content("<|image_1|>\nFind a news image: x", has_image=False, image_token="<image>")
+        == "Find a news image: x"
+    )
 
 
 def test_pooling_respects_lengths():
