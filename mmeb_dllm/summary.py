@@ -52,6 +52,6 @@ def print_summary(output_folder: str | Path, model: str, tasks: list[str], bench
         if name not in files:
             continue
         score = _scores(files[name])
-        extras = {k: v for k, v in score.items() if k in {"CLS", "VQA", "RET", "VG", "IND", "OOD"} and v is not None}
-        parts = " ".join(f"{k}={100 * v:.1f}" for k, v in extras.items())
+        groups = ("CLS", "VQA", "RET", "VG", "IND", "OOD")
+        parts = " ".join(f"{k}={100 * score[k]:.1f}" for k in groups if score.get(k) is not None)
         print(f"  {name + ' (overall)':<40} {100 * score['main_score']:6.1f}  {parts}")
