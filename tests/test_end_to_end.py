@@ -36,8 +36,8 @@ def _main_score(folder: Path, task: str) -> dict:
 
 
 def _independent_hits(data_dir: Path, key: str, encoder) -> tuple[int, int]:
-    """Hits and queries from the model's own vectors: argmax over each row's list must be candidate 0, beating every other
-    distinct (text, image) candidate strictly."""
+    """Hits and queries from the model's own vectors: candidate 0 must beat every other distinct (text, image)
+    candidate of its row strictly."""
     rows = pq.read_table(next((data_dir / key).glob("test-*.parquet"))).to_pylist()
 
     def vec(text: str, path: str) -> np.ndarray:

@@ -95,7 +95,9 @@ class Embedder:
         work = [(key, item, self.prompt_ids(item)) for key, item in todo.items()]
         work.sort(key=lambda entry: -self._estimated_length(entry[1], entry[2]))
         batches = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
-        for batch in tqdm(batches, desc="Embedding", unit="batch", disable=not show_progress or len(batches) < 2, leave=False):
+        for batch in tqdm(
+            batches, desc="Embedding", unit="batch", disable=not show_progress or len(batches) < 2, leave=False
+        ):
             vectors = self._forward([entry[2] for entry in batch], [entry[1].image for entry in batch])
             for (key, item, _), vector in zip(batch, vectors, strict=True):
                 if not np.isfinite(vector).all():
