@@ -56,9 +56,22 @@ def _independent_hits(data_dir: Path, key: str, encoder) -> tuple[int, int]:
 
 def test_stock_cli_scores_equal_an_independent_computation(mmeb_data_dir, tmp_path):
     out = subprocess.run(
-        [str(BIN / "mteb"), "run", "-m", "lavida-embed-tiny", "-t", *[f"MMEB-{k}" for k in FIXTURE_DATASETS],
-         "--output-folder", str(tmp_path), "--no-co2-tracker"],
-        capture_output=True, text=True, env=_env(mmeb_data_dir), cwd=tmp_path, timeout=600,
+        [
+            str(BIN / "mteb"),
+            "run",
+            "-m",
+            "lavida-embed-tiny",
+            "-t",
+            *[f"MMEB-{k}" for k in FIXTURE_DATASETS],
+            "--output-folder",
+            str(tmp_path),
+            "--no-co2-tracker",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(mmeb_data_dir),
+        cwd=tmp_path,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     encoder = mteb.get_model("lavida-embed-tiny", device="cpu")
@@ -78,8 +91,9 @@ def test_stock_cli_scores_equal_an_independent_computation(mmeb_data_dir, tmp_pa
 def test_embedder_encodes_each_unique_item_once(mmeb_data_dir, key, monkeypatch):
     monkeypatch.setenv("MMEB_DATA_DIR", str(mmeb_data_dir))
     encoder = mteb.get_model("lavida-embed-tiny", device="cpu")
-    mteb.evaluate(encoder, mteb.get_tasks(tasks=[f"MMEB-{key}"]), cache=None, co2_tracker=False,
-                  show_progress_bar=False)
+    mteb.evaluate(
+        encoder, mteb.get_tasks(tasks=[f"MMEB-{key}"]), cache=None, co2_tracker=False, show_progress_bar=False
+    )
     assert encoder.embedder.items_encoded == unique_items(mmeb_data_dir, key)
 
 
@@ -87,17 +101,35 @@ def test_recipe_options_go_to_an_experiment_folder(mmeb_data_dir, tmp_path, monk
     monkeypatch.setenv("MMEB_DATA_DIR", str(mmeb_data_dir))
     encoder = mteb.get_model("lavida-embed-tiny", device="cpu", pooling="mask", num_mask_tokens=4)
     assert encoder.recipe.pooling == "mask" and encoder.recipe.num_mask_tokens == 4
-    mteb.evaluate(encoder, mteb.get_tasks(tasks=["MMEB-VOC2007"]), cache=mteb.ResultCache(tmp_path),
-                  co2_tracker=False, show_progress_bar=False)
+    mteb.evaluate(
+        encoder,
+        mteb.get_tasks(tasks=["MMEB-VOC2007"]),
+        cache=mteb.ResultCache(tmp_path),
+        co2_tracker=False,
+        show_progress_bar=False,
+    )
     [result] = list(tmp_path.rglob("MMEB-VOC2007.json"))
     assert "pooling_mask" in str(result.parent) and "num_mask_tokens_4" in str(result.parent)
 
 
 def test_readme_main_job_prints_scores_and_aggregates_correctly(tmp_path):
     out = subprocess.run(
-        [str(BIN / "mmeb-dllm"), "run", "-m", "lavida-embed-tiny", "-t", "MMEB-mini", "--output-folder",
-         str(tmp_path), "--no-co2-tracker"],
-        capture_output=True, text=True, env=_env(None), cwd=tmp_path, timeout=600,
+        [
+            str(BIN / "mmeb-dllm"),
+            "run",
+            "-m",
+            "lavida-embed-tiny",
+            "-t",
+            "MMEB-mini",
+            "--output-folder",
+            str(tmp_path),
+            "--no-co2-tracker",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(None),
+        cwd=tmp_path,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     table = load_table("MMEB-mini")
@@ -110,3 +142,17 @@ def test_readme_main_job_prints_scores_and_aggregates_correctly(tmp_path):
     for spec in table.datasets:
         assert f"MMEB-mini-{spec.key}" in out.stdout
     assert "MMEB-mini (overall)" in out.stdout
+    summary = (
+        mteb.ResultCache(tmp_path)
+        .load_results(
+            models=["mmeb-dllm/lavida-embed-tiny"], tasks=mteb.get_benchmark("MMEB-mini"), include_remote=False
+        )
+        .get_benchmark_result()
+    )
+    for column, group in (
+        ("Meta-task::CLS", "CLS"),
+        ("Meta-task::VG", "VG"),
+        ("Split::IND", "IND"),
+        ("Split::OOD", "OOD"),
+    ):
+        assert summary[f"__cg__{column}"].iloc[0] == pytest.approx(overall[group], abs=1e-5), column
