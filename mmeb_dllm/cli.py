@@ -12,11 +12,20 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mmeb_dllm.errors import ConfigError, MmebDllmError
 
 OWN_COMMANDS = {"models": "list the registered models and their embedding recipes"}
+# Subcommands that live in their own modules ("module:function", imported only when used). Each function takes the
+# remaining arguments and returns an exit code.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "finetune": ("mmeb_dllm.finetune.cli:main", "train a contrastive LoRA adapter that becomes an mteb model"),
+    "leaderboard": ("mmeb_dllm.leaderboard.cli:main", "submit, compare, build and export leaderboard results"),
+    "analyze": ("mmeb_dllm.analysis.cli:analyze_main", "alignment and per-layer diagnostics"),
+    "sweep": ("mmeb_dllm.analysis.cli:sweep_main", "data-scale sweeps (fine-tune + evaluate per scale)"),
+    "doctor": ("mmeb_dllm.doctor:main", "self-checks of a model's embedding recipe on a few real rows"),
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[0] == "models":
             return _models()
+        if argv[0] in SUBCOMMANDS and _available(argv[0]):
+            return _subcommand(argv[0])(argv[1:])
         return _mteb(argv)
     except MmebDllmError as exc:
         if os.environ.get("MMEB_DLLM_DEBUG"):
@@ -41,8 +52,28 @@ def _print_help() -> None:
     print("  run                 mteb run with the plugin registered; prints the scores afterwards")
     for name, text in OWN_COMMANDS.items():
         print(f"  {name:<19} {text}")
+    for name, (_, text) in SUBCOMMANDS.items():
+        if _available(name):
+            print(f"  {name:<19} {text}")
     print("  <mteb command>      any other mteb subcommand, e.g. available-tasks, available-benchmarks\n")
     print("example: mmeb-dllm run -m lavida-embed-tiny -t MMEB-mini --output-folder results")
+
+
+def _available(name: str) -> bool:
+    import importlib.util
+
+    module_name = SUBCOMMANDS[name][0].partition(":")[0]
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _subcommand(name: str) -> Callable[[list[str]], int]:
+    import importlib
+
+    module_name, _, function = SUBCOMMANDS[name][0].partition(":")
+    return getattr(importlib.import_module(module_name), function)
 
 
 def _models() -> int:

@@ -8,6 +8,7 @@ embeddings) and runs its network. It knows nothing of mteb, tasks, pooling, batc
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -21,6 +22,21 @@ IMAGE_PLACEHOLDER_ID = -200
 """Token id that marks where an image's features are spliced (LLaVA's ``IMAGE_TOKEN_INDEX``)."""
 
 AttentionMode = Literal["causal", "bidirectional"]
+
+
+@dataclass
+class EmbeddedSample:
+    """One sample ready for the language model.
+
+    Attributes:
+        embeds: ``(L, D)`` input embeddings, image features spliced in.
+        position_ids: ``(..., L)`` position ids when the family needs its own (e.g. Qwen2-VL's 3-D M-RoPE ``(3, L)``);
+            ``None`` means ``0 .. L-1``. The embedder right-pads them with zeros along the last axis.
+    """
+
+    embeds: torch.Tensor
+    position_ids: torch.Tensor | None = None
+
 ATTENTION_MODES: tuple[str, ...] = ("causal", "bidirectional")
 
 
@@ -58,8 +74,9 @@ class Backbone(nn.Module, ABC):
         """Token ids of a rendered prompt, with :data:`IMAGE_PLACEHOLDER_ID` at each image position."""
 
     @abstractmethod
-    def embed(self, ids: list[list[int]], images: list[Image | None]) -> list[torch.Tensor]:
-        """Input embeddings ``(L_i, D)`` per sample, the image's features spliced at its placeholder.
+    def embed(self, ids: list[list[int]], images: list[Image | None]) -> list[torch.Tensor | EmbeddedSample]:
+        """Input embeddings ``(L_i, D)`` per sample (or :class:`EmbeddedSample` with position ids), the image's
+        features spliced at its placeholder.
 
         ``images[i]`` belongs to ``ids[i]``; a sample with a placeholder must have an image and vice versa.
         """
@@ -70,9 +87,12 @@ class Backbone(nn.Module, ABC):
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
         *,
+        position_ids: torch.Tensor | None = None,
         output_hidden_states: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Run the language model on right-padded ``(B, L, D)`` embeddings with a ``(B, L)`` 0/1 padding mask.
+
+        ``position_ids`` (``(B, ..., L)``) is given only when :meth:`embed` returned samples with position ids.
 
         Returns the final hidden state ``(B, L, D)`` after the final norm, or, with ``output_hidden_states``,
         the tuple of all ``n_layers + 1`` hidden states (the last one equal to the final hidden state).

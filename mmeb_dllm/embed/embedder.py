@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from mmeb_dllm.backbones.base import EmbeddedSample
 from mmeb_dllm.embed.pooling import pool
 from mmeb_dllm.embed.prompts import user_content
 from mmeb_dllm.errors import ConfigError, MmebDllmError
@@ -113,19 +114,37 @@ class Embedder:
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], images: list[Image | None]) -> np.ndarray:
-        embeds = self.backbone.embed(ids, images)
-        lengths = torch.tensor([e.shape[0] for e in embeds])
+        return self.forward_prepared(ids, images).cpu().numpy()
+
+    def forward_items(self, items: Sequence[Item]) -> torch.Tensor:
+        """``(B, D)`` float32 vectors of one batch, differentiable (no cache, no de-duplication): for training."""
+        prepared = [_rgb(item) for item in items]
+        return self.forward_prepared([self.prompt_ids(item) for item in prepared], [item.image for item in prepared])
+
+    def forward_prepared(self, ids: list[list[int]], images: list[Image | None]) -> torch.Tensor:
+        """Splice, right-pad, run, pool and normalise one batch of prompt ids and images."""
+        samples = [s if isinstance(s, EmbeddedSample) else EmbeddedSample(s) for s in self.backbone.embed(ids, images)]
+        lengths = torch.tensor([s.embeds.shape[0] for s in samples])
         width = int(lengths.max())
-        padded = embeds[0].new_zeros((len(embeds), width, embeds[0].shape[-1]))
-        mask = torch.zeros((len(embeds), width), dtype=torch.long, device=padded.device)
-        for row, emb in enumerate(embeds):
-            padded[row, : emb.shape[0]] = emb
-            mask[row, : emb.shape[0]] = 1
-        hidden = self.backbone.forward_embeds(padded, mask)
+        first = samples[0].embeds
+        padded = first.new_zeros((len(samples), width, first.shape[-1]))
+        mask = torch.zeros((len(samples), width), dtype=torch.long, device=first.device)
+        positions = None
+        if samples[0].position_ids is not None:
+            lead = samples[0].position_ids.shape[:-1]
+            positions = torch.zeros((len(samples), *lead, width), dtype=torch.long, device=first.device)
+        for row, sample in enumerate(samples):
+            size = sample.embeds.shape[0]
+            padded[row, :size] = sample.embeds
+            mask[row, :size] = 1
+            if positions is not None:
+                positions[row, ..., :size] = sample.position_ids
+        kwargs = {"position_ids": positions} if positions is not None else {}
+        hidden = self.backbone.forward_embeds(padded, mask, **kwargs)
         pooled = pool(hidden, lengths, self.recipe.pooling, self.recipe.num_mask_tokens).float()
         if self.recipe.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.cpu().numpy()
+        return pooled
 
 
 def _rgb(item: Item) -> Item:
