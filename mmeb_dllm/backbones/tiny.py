@@ -8,11 +8,13 @@ template of the family's shape. They are loaded through the real loader, so they
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -269,8 +271,7 @@ def tiny_checkpoint_dir(variant: str, cache_root: str | Path | None = None) -> P
     ``cache_root`` defaults to ``$MMEB_DLLM_CACHE`` or ``~/.cache/mmeb_dllm``. The folder is built in a temporary
     sibling and renamed into place, so concurrent builders never see a half-written checkpoint.
     """
-    if variant not in VARIANTS:
-        raise ConfigError(f"unknown tiny variant {variant!r}; use one of {VARIANTS}")
+    builder = _builder(variant)
     final = Path(cache_root or cache_dir()) / "tiny" / f"{variant}-{CACHE_VERSION}"
     if _complete(final):
         return final
@@ -279,7 +280,7 @@ def tiny_checkpoint_dir(variant: str, cache_root: str | Path | None = None) -> P
         shutil.rmtree(final)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        build_tiny_checkpoint(variant, staging)
+        builder(variant, staging)
         os.rename(staging, final)
     except OSError:
         if not _complete(final):  # lost no race: a real failure
@@ -288,6 +289,20 @@ def tiny_checkpoint_dir(variant: str, cache_root: str | Path | None = None) -> P
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+# Tiny variants of other families: variant -> "module:function(variant, out_dir, seed=0) -> Path". Each builder
+# writes a deterministic checkpoint in its family's upstream layout into out_dir.
+OTHER_BUILDERS: dict[str, str] = {}
+
+
+def _builder(variant: str) -> Callable[..., Path]:
+    if variant in VARIANTS:
+        return build_tiny_checkpoint
+    if variant in OTHER_BUILDERS:
+        module_name, _, function = OTHER_BUILDERS[variant].partition(":")
+        return getattr(importlib.import_module(module_name), function)
+    raise ConfigError(f"unknown tiny variant {variant!r}; use one of {(*VARIANTS, *OTHER_BUILDERS)}")
 
 
 def _complete(path: Path) -> bool:
