@@ -45,7 +45,8 @@ def print_summary(output_folder: str | Path, model: str, tasks: list[str], bench
     for name in dict.fromkeys(wanted):
         if name in files:
             score = _scores(files[name])
-            print(f"  {name:<40} {100 * score.get(MAIN_SCORE, score.get('main_score', float('nan'))):6.1f}")
+            flag = "  <= 2x chance: do not trust" if score.get("mmeb_below_chance_guard") else ""
+            print(f"  {name:<40} {100 * score.get(MAIN_SCORE, score.get('main_score', float('nan'))):6.1f}{flag}")
         else:
             print(f"  {name:<40}   n/a")
     for name in aggregates:

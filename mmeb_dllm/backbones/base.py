@@ -103,6 +103,10 @@ class Backbone(nn.Module, ABC):
     def set_attention(self, mode: AttentionMode) -> None:
         """Switch the language model between ``causal`` and ``bidirectional`` attention."""
 
+    def describe(self) -> dict[str, object]:
+        """Input settings worth recording with a result (image resolution / token budget, templates, ...)."""
+        return {"class": type(self).__name__, "image_token": self.image_token, "hidden_size": self.hidden_size}
+
     def num_image_tokens(self, image: Image) -> int:
         """How many embedding positions an image takes (used to estimate sequence lengths for batching)."""
         return 0

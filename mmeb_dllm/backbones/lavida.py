@@ -7,6 +7,7 @@ unpadded grid with an ``image_newline`` after every row) → spliced at the ``-2
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -357,6 +358,16 @@ class LavidaBackbone(Backbone):
         if mode not in ATTENTION_MODES:
             raise ConfigError(f"attention {mode!r} is not supported; use one of {ATTENTION_MODES}")
         self.language_model.config.is_causal = mode == "causal"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            **super().describe(),
+            "image_mode": "anyres",
+            "tile_size": self.tile_size,
+            "grid_pinpoints": [list(p) for p in self.pinpoints],
+            "pool_mode": self.pool_mode,
+            "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16],
+        }
 
     def num_image_tokens(self, image: Image) -> int:
         """Embedding positions one image takes (base view + unpadded grid with newlines), without running it."""

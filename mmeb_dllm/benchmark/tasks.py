@@ -26,6 +26,7 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.benchmarks.benchmark import Benchmark, BenchmarkAggregation, CustomGroup, CustomGrouping
 
 from mmeb_dllm.benchmark.data import LoadedDataset, load_dataset_rows
+from mmeb_dllm.benchmark.protocol import chance_guard, chance_level, protocol_record
 from mmeb_dllm.benchmark.table import META_TASKS, SPLITS, BenchmarkTable, DatasetSpec, load_table
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class MMEBTask(AbsTaskRetrieval):
         self._top_k = max(self._top_k, longest)
         self.data_loaded = True
 
+    def evaluate(self, model: Any, split: str = SPLIT, subsets_to_run: Any = None, **kwargs: Any) -> Any:
+        self._model = model  # recorded in the protocol record; mteb passes the model only here
+        return super().evaluate(model, split, subsets_to_run, **kwargs)
+
     def task_specific_scores(
         self,
         scores: dict[str, dict[str, float]],
@@ -100,11 +105,15 @@ class MMEBTask(AbsTaskRetrieval):
         for row in self.loaded.rows:
             candidates = [c.item_id for c in row.candidates]
             hits.append(mmeb_hit_at_1(results.get(str(row.index), {}), candidates, candidates[0]))
-        chance = float(np.mean([1.0 / len(set(c.item_id for c in row.candidates)) for row in self.loaded.rows]))
+        score = float(np.mean(hits))
+        chance = chance_level(self.loaded)
+        model = getattr(self, "_model", None)
         return {
-            MAIN_SCORE: float(np.mean(hits)),
+            MAIN_SCORE: score,
             "mmeb_num_queries": float(len(hits)),
             "mmeb_chance_at_1": chance,
+            "mmeb_below_chance_guard": float(chance_guard(self.metadata.name, score, chance, model)),
+            "mmeb_protocol": protocol_record(self.loaded, model),
         }
 
 

@@ -68,3 +68,24 @@ class ToyBackbone(Backbone):
 
     def num_image_tokens(self, image: Image) -> int:
         return 4
+
+
+def toy_encoder(**backbone_options: object):
+    """An mteb encoder over :class:`ToyBackbone` (meta of the tiny LaViDa, so results have a valid model name)."""
+    import mteb
+    from mteb.models.abs_encoder import AbsEncoder
+
+    from mmeb_dllm.embed.embedder import Embedder
+    from mmeb_dllm.embed.mteb_encoder import batch_items
+    from mmeb_dllm.embed.recipe import EmbeddingRecipe
+
+    class ToyEncoder(AbsEncoder):
+        def __init__(self) -> None:
+            self.recipe = EmbeddingRecipe(model="test/toy", checkpoint="toy", revision="0")
+            self._embedder = Embedder(ToyBackbone(**backbone_options), self.recipe)
+            self.mteb_model_meta = mteb.get_model_meta("lavida-embed-tiny")
+
+        def encode(self, inputs, **kwargs):  # noqa: ANN001, ANN003
+            return np.concatenate([self._embedder.embed(batch_items(b), show_progress=False) for b in inputs])
+
+    return ToyEncoder()
