@@ -19,7 +19,18 @@ class ToyBackbone(Backbone):
     mask_token_id = MASK_ID
     pad_token_id = PAD_ID
 
-    def __init__(self, *, ignore_image: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        ignore_image: bool = False,
+        drop_text: bool = False,
+        left_align: bool = False,
+        dropout: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        """The keyword flags break the model on purpose (for the doctor's tests): ``ignore_image`` zeroes image
+        features, ``drop_text`` renders prompts without their text, ``left_align`` moves real tokens to the end of
+        the padded batch (so pooling reads padding), ``dropout`` stays active at inference."""
         super().__init__()
         torch.manual_seed(seed)
         config = LlamaConfig(
@@ -29,12 +40,17 @@ class ToyBackbone(Backbone):
         self.lm = LlamaModel(config)
         self.image_proj = torch.nn.Linear(3, 4 * 32)
         self.ignore_image = ignore_image
+        self.drop_text = drop_text
+        self.left_align = left_align
+        self.dropout = dropout
 
     @property
     def hidden_size(self) -> int:
         return 32
 
     def render_prompt(self, user_content: str) -> str:
+        if self.drop_text:
+            user_content = self.image_token * user_content.count(self.image_token)
         return f"[user]{user_content}[end]"
 
     def tokenize(self, prompt: str) -> list[int]:
@@ -61,7 +77,13 @@ class ToyBackbone(Backbone):
 
     def forward_embeds(self, inputs_embeds, attention_mask, *, output_hidden_states=False):
         out = self.lm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True)
-        return out.hidden_states if output_hidden_states else out.last_hidden_state
+        hidden = out.last_hidden_state
+        if self.left_align:
+            shifts = attention_mask.shape[1] - attention_mask.sum(1)
+            hidden = torch.stack([torch.roll(h, int(k), dims=0) for h, k in zip(hidden, shifts, strict=True)])
+        if self.dropout:
+            hidden = torch.nn.functional.dropout(hidden, self.dropout, training=True)
+        return out.hidden_states if output_hidden_states else hidden
 
     def set_attention(self, mode: str) -> None:
         self.lm.config.is_causal = mode == "causal"
