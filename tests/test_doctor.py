@@ -40,7 +40,7 @@ def test_each_broken_model_is_caught(rows, backbone, recipe, caught_by):
 
 def test_wrong_image_token_count_is_caught(rows):
     class Miscounting(ToyBackbone):
-        def num_image_tokens(self, image):  # noqa: ANN001, ANN202
+        def num_image_tokens(self, image):
             return 5
 
     assert "image tokens per image" in _failed(Miscounting(), rows)

@@ -107,7 +107,7 @@ def toy_encoder(**backbone_options: object):
             self._embedder = Embedder(ToyBackbone(**backbone_options), self.recipe)
             self.mteb_model_meta = mteb.get_model_meta("lavida-embed-tiny")
 
-        def encode(self, inputs, **kwargs):  # noqa: ANN001, ANN003
+        def encode(self, inputs, **kwargs):
             return np.concatenate([self._embedder.embed(batch_items(b), show_progress=False) for b in inputs])
 
     return ToyEncoder()
