@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mmeb_dllm.benchmark.images import open_image
 from mmeb_dllm.errors import DataError
 from mmeb_dllm.paths import cache_dir
 
@@ -56,7 +57,7 @@ class EvalRow:
 
 @dataclass
 class LoadedDataset:
-    """All rows of one dataset's test split, with where they came from."""
+    """All rows of one dataset's test split, with where they came from (and the rows skipped, if allowed)."""
 
     spec: DatasetSpec
     rows: list[EvalRow]
@@ -64,6 +65,7 @@ class LoadedDataset:
     source: str
     revision: str
     files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def image_file(self, item: ItemRef) -> Path | None:
         return None if not item.image_path or self.image_root is None else self.image_root / item.image_path
@@ -100,7 +102,7 @@ def _load_local(table: BenchmarkTable, spec: DatasetSpec, root: Path, *, source:
     for path in files:
         records.extend(_read_parquet(path, spec))
     image_root = _local_image_root(root, spec) if _needs_images(records) else None
-    rows = _to_rows(records, spec, image_root)
+    rows, skipped = _to_rows(records, spec, image_root)
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
@@ -116,6 +118,7 @@ def _load_local(table: BenchmarkTable, spec: DatasetSpec, root: Path, *, source:
         source=f"{source}: {root}",
         revision=f"local-{digest.hexdigest()[:16]}",
         files=[str(p) for p in files],
+        skipped=skipped,
     )
 
 
@@ -228,9 +231,14 @@ def _load_hub(table: BenchmarkTable, spec: DatasetSpec) -> LoadedDataset:
         if records and column not in records[0]:
             raise DataError(f"dataset {spec.key}: hub rows lack column {column!r}")
     image_root = _hub_image_root(table, spec) if _needs_images(records) else None
-    rows = _to_rows(records, spec, image_root)
+    rows, skipped = _to_rows(records, spec, image_root)
     return LoadedDataset(
-        spec=spec, rows=rows, image_root=image_root, source=f"hub: {table.hub_id}", revision=table.hub_revision
+        spec=spec,
+        rows=rows,
+        image_root=image_root,
+        source=f"hub: {table.hub_id}",
+        revision=table.hub_revision,
+        skipped=skipped,
     )
 
 
@@ -241,9 +249,7 @@ def _hub_image_root(table: BenchmarkTable, spec: DatasetSpec) -> Path:
     try:
         from huggingface_hub import hf_hub_download
 
-        archive = hf_hub_download(
-            table.hub_id, table.images_file, repo_type="dataset", revision=table.hub_revision
-        )
+        archive = hf_hub_download(table.hub_id, table.images_file, repo_type="dataset", revision=table.hub_revision)
     except Exception as exc:
         raise DataError(
             f"dataset {spec.key}: could not fetch {table.images_file} from {table.hub_id}: {exc}. "
@@ -256,27 +262,60 @@ def _hub_image_root(table: BenchmarkTable, spec: DatasetSpec) -> Path:
 # --- rows ---------------------------------------------------------------------------------------------------------
 
 
-def _to_rows(records: list[dict[str, Any]], spec: DatasetSpec, image_root: Path | None) -> list[EvalRow]:
+SKIP_BAD_ROWS_ENV = "MMEB_DLLM_SKIP_BAD_ROWS"
+
+
+def skip_bad_rows() -> bool:
+    """Whether bad rows are skipped (and counted in the result) instead of failing the task."""
+    return os.environ.get(SKIP_BAD_ROWS_ENV, "").lower() in {"1", "true", "yes", "on"}
+
+
+def _to_rows(
+    records: list[dict[str, Any]], spec: DatasetSpec, image_root: Path | None
+) -> tuple[list[EvalRow], list[str]]:
+    """Rows in source order; a bad row raises, or with ``MMEB_DLLM_SKIP_BAD_ROWS=1`` is skipped and reported."""
     digests: dict[str, str] = {}
-    rows = []
+    rows: list[EvalRow] = []
+    skipped: list[str] = []
     for index, record in enumerate(records):
-        where = f"dataset {spec.key}, row {index}"
-        query_text = _compose(record.get("qry_inst"), record["qry_text"], bool(record["qry_img_path"]))
-        query = _item(query_text, record["qry_img_path"], image_root, digests, where + " (query)")
-        texts, paths = record["tgt_text"], record["tgt_img_path"]
-        if not isinstance(texts, list) or not isinstance(paths, list):
-            raise DataError(f"{where}: tgt_text and tgt_img_path must be lists, got {type(texts).__name__}")
-        if not texts:
-            raise DataError(f"{where}: empty candidate list (the ground truth is candidate 0)")
-        if len(texts) != len(paths):
-            raise DataError(f"{where}: {len(texts)} candidate texts but {len(paths)} candidate image paths")
-        inst = record.get("tgt_inst")
-        candidates = tuple(
-            _item(_compose(inst, t or "", bool(p)), p or "", image_root, digests, f"{where} (candidate {j})")
-            for j, (t, p) in enumerate(zip(texts, paths, strict=True))
-        )
-        rows.append(EvalRow(index=index, query=query, candidates=candidates))
-    return rows
+        try:
+            rows.append(_to_row(index, record, spec, image_root, digests))
+        except DataError as exc:
+            if not skip_bad_rows():
+                raise DataError(f"{exc} (set {SKIP_BAD_ROWS_ENV}=1 to skip bad rows; the count is recorded)") from None
+            skipped.append(str(exc))
+    if skipped:
+        logger.warning("dataset %s: skipped %d bad rows, e.g. %s", spec.key, len(skipped), skipped[0])
+    if not rows:
+        raise DataError(f"dataset {spec.key}: no usable rows ({len(skipped)} skipped)")
+    return rows, skipped
+
+
+def _to_row(
+    index: int, record: dict[str, Any], spec: DatasetSpec, image_root: Path | None, digests: dict[str, str]
+) -> EvalRow:
+    where = f"dataset {spec.key}, row {index}"
+    for column in ("qry_text", "qry_img_path"):
+        if not isinstance(record[column], str | None):
+            raise DataError(f"{where}: {column} must be a string, got {type(record[column]).__name__}")
+    query_text = _compose(record.get("qry_inst"), record["qry_text"] or "", bool(record["qry_img_path"]))
+    query = _item(query_text, record["qry_img_path"] or "", image_root, digests, where + " (query)")
+    texts, paths = record["tgt_text"], record["tgt_img_path"]
+    if not isinstance(texts, list) or not isinstance(paths, list):
+        raise DataError(f"{where}: tgt_text and tgt_img_path must be lists, got {type(texts).__name__}")
+    if not texts:
+        raise DataError(f"{where}: empty candidate list (the ground truth is candidate 0)")
+    if len(texts) != len(paths):
+        raise DataError(f"{where}: {len(texts)} candidate texts but {len(paths)} candidate image paths")
+    inst = record.get("tgt_inst")
+    candidates = []
+    for j, (text, path) in enumerate(zip(texts, paths, strict=True)):
+        label = "ground truth, candidate 0" if j == 0 else f"candidate {j}"
+        if not isinstance(text, str | None) or not isinstance(path, str | None):
+            raise DataError(f"{where} ({label}): candidate text and image path must be strings")
+        composed = _compose(inst, text or "", bool(path))
+        candidates.append(_item(composed, path or "", image_root, digests, f"{where} ({label})"))
+    return EvalRow(index=index, query=query, candidates=tuple(candidates))
 
 
 def _compose(instruction: str | None, text: str, has_image: bool) -> str:
@@ -297,7 +336,9 @@ def _item(text: str, image_path: str, image_root: Path | None, digests: dict[str
         if image_root is None:
             raise DataError(f"{where}: image {image_path!r} given but no image root is configured")
         if image_path not in digests:
-            digests[image_path] = _file_digest(resolve_image_path(image_root, image_path, where))
+            path = resolve_image_path(image_root, image_path, where)
+            open_image(path, where=where)  # decodes once now, so a bad file fails the load naming its row
+            digests[image_path] = _file_digest(path)
         image_digest = digests[image_path]
     if not text and not image_path:
         raise DataError(f"{where}: item has neither text nor image")

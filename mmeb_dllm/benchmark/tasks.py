@@ -119,7 +119,8 @@ class MMEBTask(AbsTaskRetrieval):
 
 def build_split(loaded: LoadedDataset) -> RetrievalSplitData:
     """Queries (id = source row index), de-duplicated corpus, qrels (candidate 0) and per-query candidate lists."""
-    features = Features({"id": Value("string"), "text": Value("string"), "image": Image()})
+    # Images stay undecoded paths: the encoder opens them with mmeb_dllm.benchmark.images.open_image.
+    features = Features({"id": Value("string"), "text": Value("string"), "image": Image(decode=False)})
 
     def image_value(item_path: str) -> str | None:
         return str(loaded.image_root / item_path) if item_path and loaded.image_root else None

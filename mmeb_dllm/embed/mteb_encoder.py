@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
 
+from mmeb_dllm.benchmark.images import open_image
 from mmeb_dllm.embed.embedder import Embedder, Item
 from mmeb_dllm.embed.recipe import EmbeddingRecipe
 from mmeb_dllm.zoo import get_spec, load_backbone, resolve_checkpoint
@@ -69,7 +70,9 @@ class MMEBEncoder(AbsEncoder):
         batch_size = int(kwargs.get("batch_size") or 8)
         show_progress = bool(kwargs.get("show_progress_bar", True))
         chunks = [
-            self.embedder.embed(batch_items(batch), batch_size=batch_size, show_progress=show_progress)
+            self.embedder.embed(
+                batch_items(batch, task_metadata.name), batch_size=batch_size, show_progress=show_progress
+            )
             for batch in inputs
         ]
         if not chunks:
@@ -77,15 +80,24 @@ class MMEBEncoder(AbsEncoder):
         return np.concatenate(chunks)
 
 
-def batch_items(batch: dict[str, Any]) -> list[Item]:
-    """mteb batch (``text`` and/or ``image`` lists; other keys ignored) -> items."""
+def batch_items(batch: dict[str, Any], task_name: str = "") -> list[Item]:
+    """mteb batch (``text`` and/or ``image`` lists; other keys ignored) -> items.
+
+    Images come decoded (PIL) or, from MMEB tasks, as undecoded ``{"path": ...}`` records that are opened here with
+    :func:`open_image` (EXIF orientation, mode conversion, clear errors naming the task, item and file).
+    """
     texts = batch.get("text")
     images = batch.get("image")
+    ids = batch.get("id")
     size = len(texts) if texts is not None else len(images or [])
-    return [
-        Item(text=(texts[i] or "") if texts is not None else "", image=images[i] if images is not None else None)
-        for i in range(size)
-    ]
+    items = []
+    for i in range(size):
+        image = images[i] if images is not None else None
+        if isinstance(image, dict):
+            where = f"task {task_name}, item {ids[i] if ids is not None else i}"
+            image = open_image(image["path"], where=where) if image.get("path") else None
+        items.append(Item(text=(texts[i] or "") if texts is not None else "", image=image))
+    return items
 
 
 def _device_name(device: Any) -> str:
