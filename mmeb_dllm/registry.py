@@ -16,6 +16,7 @@ from typing import Any
 
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 
+from mmeb_dllm.atomic import patch_mteb_result_writes
 from mmeb_dllm.benchmark.table import TABLES, load_table
 from mmeb_dllm.benchmark.tasks import build_tasks
 from mmeb_dllm.errors import MmebDllmError
@@ -75,6 +76,12 @@ def _register_models() -> None:
         MODEL_REGISTRY[meta.name] = meta
         for alias in spec.aliases:
             MODEL_REGISTRY[alias] = meta
+    try:  # fine-tuned adapters in $MMEB_DLLM_ADAPTERS become models too; a broken folder must not break mteb
+        from mmeb_dllm.adapters import register_adapters
+
+        register_adapters(MODEL_REGISTRY)
+    except Exception as exc:
+        logger.warning("fine-tuned adapters were not registered: %s", exc)
 
 
 def _register_tasks() -> None:
@@ -120,4 +127,5 @@ def register() -> None:
     _register_models()
     _register_tasks()
     _install_excepthook()
+    patch_mteb_result_writes()
     _registered = True

@@ -85,6 +85,8 @@ def protocol_record(loaded: LoadedDataset, model: Any) -> dict[str, Any]:
             "source": loaded.source,
             "revision": loaded.revision,
             "files": [f.rsplit("/", 1)[-1] for f in loaded.files],
+            "skipped_rows": len(loaded.skipped),
+            "skipped_examples": loaded.skipped[:20],
         },
         "candidates": {
             "queries": len(loaded.rows),

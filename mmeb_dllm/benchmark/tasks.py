@@ -111,6 +111,7 @@ class MMEBTask(AbsTaskRetrieval):
         return {
             MAIN_SCORE: score,
             "mmeb_num_queries": float(len(hits)),
+            "mmeb_skipped_rows": float(len(self.loaded.skipped)),
             "mmeb_chance_at_1": chance,
             "mmeb_below_chance_guard": float(chance_guard(self.metadata.name, score, chance, model)),
             "mmeb_protocol": protocol_record(self.loaded, model),

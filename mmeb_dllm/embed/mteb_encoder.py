@@ -15,6 +15,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mmeb_dllm.benchmark.images import open_image
 from mmeb_dllm.embed.embedder import Embedder, Item
 from mmeb_dllm.embed.recipe import EmbeddingRecipe
+from mmeb_dllm.errors import MmebDllmError
 from mmeb_dllm.zoo import get_spec, load_backbone, resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -32,11 +33,16 @@ class MMEBEncoder(AbsEncoder):
 
     def __init__(self, model_name: str, revision: str | None = None, *, device: Any = None, **options: Any) -> None:
         spec = get_spec(model_name)
+        adapter = options.pop("adapter", None)  # a peft adapter folder (mmeb_dllm.adapters), merged at load
         unknown = set(options) - set(RECIPE_OPTIONS)
         if unknown:
             from mmeb_dllm.errors import ConfigError
 
             raise ConfigError(f"unknown option(s) {sorted(unknown)} for {spec.full_name}; known: {RECIPE_OPTIONS}")
+        if adapter is not None:
+            from mmeb_dllm.adapters import adapter_hash
+
+            options["adapter"], options["adapter_hash"] = str(adapter), adapter_hash(adapter)
         self.spec = spec
         self.checkpoint = resolve_checkpoint(spec)
         self.recipe = EmbeddingRecipe(
@@ -54,6 +60,10 @@ class MMEBEncoder(AbsEncoder):
         if self._embedder is None:
             logger.info("loading %s from %s (%s)", self.spec.full_name, self.checkpoint.path, self.checkpoint.source)
             backbone = load_backbone(self.spec, self.checkpoint, dtype=self.recipe.dtype, device=self.device)
+            if self.recipe.adapter is not None:
+                from mmeb_dllm.adapters import apply_adapter
+
+                backbone = apply_adapter(backbone, self.recipe.adapter, expected_hash=self.recipe.adapter_hash)
             self._embedder = Embedder(backbone, self.recipe, device=self.device)
         return self._embedder
 
@@ -69,12 +79,17 @@ class MMEBEncoder(AbsEncoder):
     ) -> np.ndarray:
         batch_size = int(kwargs.get("batch_size") or 8)
         show_progress = bool(kwargs.get("show_progress_bar", True))
-        chunks = [
-            self.embedder.embed(
-                batch_items(batch, task_metadata.name), batch_size=batch_size, show_progress=show_progress
-            )
-            for batch in inputs
-        ]
+        try:
+            chunks = [
+                self.embedder.embed(
+                    batch_items(batch, task_metadata.name), batch_size=batch_size, show_progress=show_progress
+                )
+                for batch in inputs
+            ]
+        except MmebDllmError as exc:
+            if task_metadata.name in str(exc):
+                raise
+            raise type(exc)(f"task {task_metadata.name}: {exc}") from exc
         if not chunks:
             return np.zeros((0, self.embedder.embed_dim), dtype=np.float32)
         return np.concatenate(chunks)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmeb_dllm.benchmark.data import load_dataset_rows, safe_extract_zip
+from mmeb_dllm.benchmark.data import load_dataset_rows
 from mmeb_dllm.benchmark.table import load_table
 from mmeb_dllm.errors import DataError
 from tests.mmeb_fixture import unique_items, write_mmeb_fixture
@@ -65,46 +65,14 @@ def test_wrong_layout_is_explained(tmp_path, monkeypatch):
         _load("VOC2007")
 
 
-def test_wrong_columns_name_the_file(data_root):
-    _rewrite(data_root, "VOC2007", lambda rows: [r.pop("tgt_img_path") for r in rows])
-    with pytest.raises(DataError, match=r"VOC2007.*test-00000-of-00001.parquet lacks columns \['tgt_img_path'\]"):
-        _load("VOC2007")
 
 
-def test_image_path_escaping_the_root_is_refused(data_root):
-    (data_root / "secret.png").write_bytes((data_root / "eval_images" / "VOC2007" / "q0.png").read_bytes())
-
-    def escape(rows):
-        rows[3]["qry_img_path"] = "../secret.png"
-
-    _rewrite(data_root, "VOC2007", escape)
-    with pytest.raises(DataError, match=r"dataset VOC2007, row 3 \(query\): image path '../secret.png' escapes"):
-        _load("VOC2007")
 
 
-def test_symlink_leaving_the_root_is_refused(data_root, tmp_path):
-    outside = tmp_path / "outside.png"
-    outside.write_bytes((data_root / "eval_images" / "VOC2007" / "q0.png").read_bytes())
-    (data_root / "eval_images" / "VOC2007" / "link.png").symlink_to(outside)
-
-    def link(rows):
-        rows[0]["qry_img_path"] = "VOC2007/link.png"
-
-    _rewrite(data_root, "VOC2007", link)
-    with pytest.raises(DataError, match="escapes the image root"):
-        _load("VOC2007")
 
 
-def test_missing_image_names_row_and_file(data_root):
-    (data_root / "eval_images" / "OK-VQA" / "q5.png").unlink()
-    with pytest.raises(DataError, match=r"row 5 \(query\): image file .*OK-VQA/q5.png is missing"):
-        _load("OK-VQA")
 
 
-def test_candidate_lists_must_align_and_not_be_empty(data_root):
-    _rewrite(data_root, "OK-VQA", lambda rows: rows[2].update(tgt_text=[], tgt_img_path=[]))
-    with pytest.raises(DataError, match="row 2: empty candidate list"):
-        _load("OK-VQA")
 
 
 def test_images_zip_is_extracted_on_first_use(data_root):
@@ -118,15 +86,6 @@ def test_images_zip_is_extracted_on_first_use(data_root):
     assert loaded.image_file(loaded.rows[0].candidates[0]).is_file()
 
 
-def test_zip_with_parent_entries_is_refused(tmp_path):
-    archive = tmp_path / "images.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("ok/a.txt", "fine")
-        zf.writestr("../evil.txt", "nope")
-    with pytest.raises(DataError, match=r"unsafe member '../evil.txt'"):
-        safe_extract_zip(archive, tmp_path / "out")
-    assert not (tmp_path / "evil.txt").exists()
-    assert not (tmp_path / "out").exists()
 
 
 def test_revision_changes_when_the_mirror_changes(data_root):
