@@ -293,7 +293,9 @@ def tiny_checkpoint_dir(variant: str, cache_root: str | Path | None = None) -> P
 
 # Tiny variants of other families: variant -> "module:function(variant, out_dir, seed=0) -> Path". Each builder
 # writes a deterministic checkpoint in its family's upstream layout into out_dir.
-OTHER_BUILDERS: dict[str, str] = {}
+OTHER_BUILDERS: dict[str, str] = {
+    "mmada": "mmeb_dllm.backbones.tiny_mmada:build_tiny_mmada_checkpoint",
+}
 
 
 def _builder(variant: str) -> Callable[..., Path]:

@@ -19,6 +19,7 @@ from mmeb_dllm.errors import CheckpointError, ConfigError
 
 FAMILIES: dict[str, str] = {
     "lavida": "mmeb_dllm.backbones.lavida:LavidaBackbone",
+    "mmada": "mmeb_dllm.backbones.mmada:MmadaBackbone",
 }
 TINY_PREFIX = "tiny:"
 ORG = "mmeb-dllm"
@@ -113,6 +114,26 @@ def resolve_checkpoint(spec: ModelSpec) -> ResolvedCheckpoint:
     path = _hub_snapshot(spec, mirror_root)
     check_checkpoint_files(path, spec)
     return ResolvedCheckpoint(path=path, revision=path.name, source="hub")
+
+
+def resolve_repo(repo_id: str, revision: str, *, purpose: str) -> Path:
+    """Folder of a helper repository a backbone needs (e.g. a separate VQ tokenizer), found like checkpoints:
+    ``$MMEB_MODEL_DIR/<repo_id>``, then the hub cache / the hub at ``revision``. ``purpose`` goes into the error."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
+
+    mirror_root = os.environ.get("MMEB_MODEL_DIR")
+    if mirror_root and (Path(mirror_root).expanduser() / repo_id).is_dir():
+        return Path(mirror_root).expanduser() / repo_id
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=_offline()))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{repo_id}@{revision} ({purpose}) not found: tried $MMEB_MODEL_DIR/{repo_id} "
+            f"({mirror_root or 'MMEB_MODEL_DIR unset'}), the hub cache{'' if _offline() else ' and the hub'} "
+            f"({type(exc).__name__}). Get it with `huggingface-cli download {repo_id} --revision {revision} "
+            f"--local-dir $MMEB_MODEL_DIR/{repo_id}` and set MMEB_MODEL_DIR, or run with network access."
+        ) from None
 
 
 def _how_to_get(spec: ModelSpec) -> str:

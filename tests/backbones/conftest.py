@@ -39,6 +39,12 @@ def lavida_golden() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mmada_golden() -> Path:
+    """The MMaDA golden fixture folder (skips when absent)."""
+    return golden_dir("mmada")
+
+
+@pytest.fixture(scope="session")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Both tiny variants, built through :func:`tiny_checkpoint_dir` into a private cache."""
     cache = tmp_path_factory.mktemp("mmeb_dllm_cache")
