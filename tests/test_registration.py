@@ -91,3 +91,13 @@ def test_mmeb_dllm_cli_checks_names_before_loading(argv, tmp_path):
     out = _run([str(BIN / "mmeb-dllm"), *argv, "--output-folder", str(tmp_path)], cwd=tmp_path)
     assert out.returncode == 2
     assert "unknown" in out.stderr and "did you mean" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["import mmeb_dllm.benchmark.tasks", "import mmeb_dllm; mmeb_dllm.register()", "import mmeb_dllm.analysis.reports"],
+)
+def test_registration_survives_our_own_modules_importing_mteb_first(first, tmp_path):
+    code = f"{first}\nimport json\nimport mteb\nprint(mteb.get_model_meta('lavida-embed').name)"
+    out = _run([sys.executable, "-W", "error::UserWarning", "-c", code], cwd=tmp_path)
+    assert out.stdout.strip() == "mmeb-dllm/lavida-embed", out.stderr[-2000:]
