@@ -10,8 +10,10 @@ setup:
 demo: setup
 	$(OFFLINE) $(VENV)/bin/mmeb-dllm run -m lavida-embed-tiny -t MMEB-mini --output-folder results/demo --overwrite-strategy always
 
-# The whole test suite (slow end-to-end tests included), against the installed package.
+# The whole test suite (slow end-to-end tests included), against the installed package. The leaderboard's page test
+# drives the distribution's Chromium, installed here if missing.
 test: setup
+	./scripts/install_chromium.sh
 	$(OFFLINE) $(VENV)/bin/python -m pytest -q
 
 lint: setup
