@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("build", parents=[common], help="regenerate site/ (markdown, HTML page, chart)")
 
+    repro = sub.add_parser(
+        "reproduce", parents=[common], help="flag per-dataset gaps to a published baseline with the protocol fields"
+    )
+    repro.add_argument("folder", type=Path, help="the --output-folder of `mteb run`")
+    repro.add_argument("--baseline", required=True, help="baseline row id with per-dataset scores (see `list --all`)")
+    repro.add_argument("--threshold", type=float, default=2.0, help="flag |ours - published| above this many points")
+
     export = sub.add_parser("export", parents=[common], help="write a submission for upstream boards")
     export.add_argument("model", help="submitted row id or model name")
     export.add_argument("--out", type=Path, required=True, help="output folder")
@@ -188,4 +195,27 @@ def _export(board: Leaderboard, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"submit": _submit, "list": _list, "compare": _compare, "build": _build, "export": _export}
+def _reproduce(board: Leaderboard, args: argparse.Namespace) -> int:
+    from mmeb_dllm.leaderboard.compare import find_row
+    from mmeb_dllm.leaderboard.reproduce import format_findings, load_protocols, read_run, reproduce
+
+    rows, _, _ = board.rows()
+    baseline = find_row([r for r in rows if r.benchmark == "MMEB" and r.scores], args.baseline)
+    protocol = load_protocols(board.root).get(baseline.id, {})
+    run = read_run(args.folder)
+    findings = reproduce(run, baseline, protocol, args.threshold)
+    compared = sum(1 for key in run if key in baseline.scores)
+    print(format_findings(findings, baseline, compared, args.threshold))
+    if not protocol:
+        print(f"  (no published protocol registered for {baseline.id}: only score gaps are shown)")
+    return 0
+
+
+COMMANDS = {
+    "submit": _submit,
+    "list": _list,
+    "compare": _compare,
+    "build": _build,
+    "export": _export,
+    "reproduce": _reproduce,
+}
