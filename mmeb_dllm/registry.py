@@ -42,7 +42,12 @@ def load_encoder(model_name: str, revision: str | None = None, **kwargs: Any) ->
 
 
 def model_meta(spec: ModelSpec) -> ModelMeta:
-    recipe_defaults = {"pooling": spec.pooling, "attention": spec.attention, "instruction": "mmeb"}
+    recipe_defaults = {
+        "pooling": spec.pooling,
+        "attention": spec.attention,
+        "instruction": "mmeb",
+        "image_resolution": spec.image_resolution,
+    }
     return PluginModelMeta(
         loader=load_encoder,
         loader_kwargs=recipe_defaults,

@@ -295,6 +295,9 @@ def tiny_checkpoint_dir(variant: str, cache_root: str | Path | None = None) -> P
 # writes a deterministic checkpoint in its family's upstream layout into out_dir.
 OTHER_BUILDERS: dict[str, str] = {
     "mmada": "mmeb_dllm.backbones.tiny_mmada:build_tiny_mmada_checkpoint",
+    "llava-next": "mmeb_dllm.backbones.tiny_ar:build_tiny_checkpoint",
+    "qwen2-vl": "mmeb_dllm.backbones.tiny_ar:build_tiny_checkpoint",
+    "vlm2vec-qwen2-vl": "mmeb_dllm.backbones.tiny_ar:build_tiny_checkpoint",
 }
 
 

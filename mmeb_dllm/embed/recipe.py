@@ -35,7 +35,8 @@ class EmbeddingRecipe:
         attention: ``default`` (the family's own), ``causal`` or ``bidirectional``.
         instruction: instruction placement; ``mmeb`` = the dataset's instruction text as in MMEB's rows
             (image placeholder, instruction, then the query text) inside the user turn of the chat template.
-        image_resolution: the backbone's image mode (``anyres`` = LaViDa/LLaVA-NeXT tiling with a base view).
+        image_resolution: the backbone's image mode: ``native`` (the family's own preprocessing, recorded in detail
+            by the backbone's ``describe()``) or a named mode such as ``anyres`` (LaViDa/LLaVA-NeXT tiling).
         dtype: compute dtype of the model.
         normalize: L2-normalise vectors (cosine similarity = dot product).
     """
@@ -50,7 +51,7 @@ class EmbeddingRecipe:
     num_mask_tokens: int = 8
     attention: str = "default"
     instruction: str = "mmeb"
-    image_resolution: str = "anyres"
+    image_resolution: str = "native"
     dtype: str = "float32"
     normalize: bool = True
 

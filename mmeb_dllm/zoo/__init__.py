@@ -20,6 +20,9 @@ from mmeb_dllm.errors import CheckpointError, ConfigError
 FAMILIES: dict[str, str] = {
     "lavida": "mmeb_dllm.backbones.lavida:LavidaBackbone",
     "mmada": "mmeb_dllm.backbones.mmada:MmadaBackbone",
+    "llava_next": "mmeb_dllm.backbones.llava_next:LlavaNextBackbone",
+    "qwen2_vl": "mmeb_dllm.backbones.qwen2_vl:Qwen2VLBackbone",
+    "phi3v": "mmeb_dllm.backbones.phi3v:Phi3VBackbone",
 }
 TINY_PREFIX = "tiny:"
 ORG = "mmeb-dllm"
@@ -42,8 +45,14 @@ class ModelSpec:
     reference: str
     pooling: str = "last"
     attention: str = "default"
+    image_resolution: str = "native"
     needs: str = ""
     notes: str = ""
+    # a peft adapter merged into the backbone at load (hub id or "tiny:<variant>", resolved like `checkpoint`)
+    adapter: str = ""
+    adapter_revision: str = "main"
+    # non-empty: the model is registered but cannot be loaded here; the text says why and what to do instead
+    unavailable: str = ""
 
     @property
     def full_name(self) -> str:
@@ -99,7 +108,12 @@ def resolve_checkpoint(spec: ModelSpec) -> ResolvedCheckpoint:
 
     Order: tiny models are built offline; ``$MMEB_MODEL_DIR/<org>/<repo>`` (a local mirror, never the network);
     the hub cache / the hub at the pinned revision (``HF_HUB_OFFLINE=1`` keeps it to the cache).
+    A model marked ``unavailable`` raises :class:`ConfigError` with its reason; a declared adapter must be found too.
     """
+    if spec.unavailable:
+        raise ConfigError(f"{spec.full_name} is registered but cannot be loaded here: {spec.unavailable}")
+    if spec.adapter:
+        resolve_adapter(spec)  # a missing adapter fails now, before any weights load
     if spec.is_tiny:
         from mmeb_dllm.backbones.tiny import tiny_checkpoint_dir
 
@@ -116,9 +130,10 @@ def resolve_checkpoint(spec: ModelSpec) -> ResolvedCheckpoint:
     return ResolvedCheckpoint(path=path, revision=path.name, source="hub")
 
 
-def resolve_repo(repo_id: str, revision: str, *, purpose: str) -> Path:
+def resolve_repo(repo_id: str, revision: str, *, purpose: str, allow_patterns: list[str] | None = None) -> Path:
     """Folder of a helper repository a backbone needs (e.g. a separate VQ tokenizer), found like checkpoints:
-    ``$MMEB_MODEL_DIR/<repo_id>``, then the hub cache / the hub at ``revision``. ``purpose`` goes into the error."""
+    ``$MMEB_MODEL_DIR/<repo_id>``, then the hub cache / the hub at ``revision``. ``purpose`` goes into the error;
+    ``allow_patterns`` limits a hub download to matching files."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -126,7 +141,11 @@ def resolve_repo(repo_id: str, revision: str, *, purpose: str) -> Path:
     if mirror_root and (Path(mirror_root).expanduser() / repo_id).is_dir():
         return Path(mirror_root).expanduser() / repo_id
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_files_only=_offline()))
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, local_files_only=_offline(), allow_patterns=allow_patterns
+            )
+        )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
         raise CheckpointError(
             f"{repo_id}@{revision} ({purpose}) not found: tried $MMEB_MODEL_DIR/{repo_id} "
@@ -179,4 +198,59 @@ def load_backbone(spec: ModelSpec, checkpoint: ResolvedCheckpoint, *, dtype: str
     import torch
 
     cls = backbone_class(spec.family)
-    return cls.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype), device=device)
+    backbone = cls.from_pretrained(checkpoint.path, dtype=getattr(torch, dtype), device=device)
+    if spec.adapter:
+        merge_adapter(backbone, resolve_adapter(spec))
+    return backbone
+
+
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+
+
+def resolve_adapter(spec: ModelSpec) -> Path:
+    """Folder of ``spec.adapter``: ``tiny:<variant>`` is built offline, a hub id is found like :func:`resolve_repo`
+    (only the adapter files are fetched). It must hold ``adapter_config.json`` and ``adapter_model.*``."""
+    if spec.adapter.startswith(TINY_PREFIX):
+        from mmeb_dllm.backbones.tiny import tiny_checkpoint_dir
+
+        path = tiny_checkpoint_dir(spec.adapter.removeprefix(TINY_PREFIX))
+    else:
+        purpose = f"peft adapter of {spec.full_name}"
+        path = resolve_repo(spec.adapter, spec.adapter_revision, purpose=purpose, allow_patterns=ADAPTER_FILES)
+    if not (path / ADAPTER_FILES[0]).is_file() or not any(path.glob("adapter_model.*")):
+        raise CheckpointError(
+            f"adapter folder {path} of {spec.full_name} lacks adapter_config.json or adapter_model.safetensors/.bin; "
+            f"re-download {spec.adapter}"
+        )
+    return path
+
+
+def merge_adapter(backbone: Any, folder: Path) -> None:
+    """Merge the peft adapter in ``folder`` into ``backbone`` for inference (in place).
+
+    The adapter wraps the module named by the backbone's ``adapter_target`` (default ``language_model``); the
+    backbone's ``adapter_key_mapping`` (regex -> replacement) renames keys of adapters saved by older transformers.
+    Every adapter tensor must find its module and every adapted module its tensors, else :class:`CheckpointError`.
+    """
+    from peft import PeftConfig, PeftModel
+
+    target = getattr(backbone, "adapter_target", "language_model")
+    try:
+        config = PeftConfig.from_pretrained(str(folder))
+        config.inference_mode = True
+        wrapped = PeftModel(getattr(backbone, target), config)
+        result = wrapped.load_adapter(
+            str(folder), "default", key_mapping=getattr(backbone, "adapter_key_mapping", None) or None
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"adapter {folder} does not fit {type(backbone).__name__} ({type(exc).__name__}: {str(exc)[:300]})"
+        ) from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = sorted(result.missing_keys), sorted(result.unexpected_keys)
+        raise CheckpointError(
+            f"adapter {folder} does not match {type(backbone).__name__}.{target}: {len(missing)} adapted tensor(s) "
+            f"without weights (e.g. {missing[:3]}), {len(unexpected)} stored tensor(s) without a module "
+            f"(e.g. {unexpected[:3]}); was it trained on another base model?"
+        )
+    setattr(backbone, target, wrapped.merge_and_unload().eval())
