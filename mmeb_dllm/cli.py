@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from mmeb_dllm.errors import ConfigError, MmebDllmError
 
-OWN_COMMANDS = {"models": "list the registered models and their embedding recipes"}
+OWN_COMMANDS = {"models": "list the registered models and their embedding recipes (--markdown: the docs table)"}
 # Subcommands that live in their own modules ("module:function", imported only when used). Each function takes the
 # remaining arguments and returns an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         if argv[0] == "models":
-            return _models()
+            return _models(markdown="--markdown" in argv[1:])
         if argv[0] in SUBCOMMANDS and _available(argv[0]):
             return _subcommand(argv[0])(argv[1:])
         return _mteb(argv)
@@ -76,9 +76,12 @@ def _subcommand(name: str) -> Callable[[list[str]], int]:
     return getattr(importlib.import_module(module_name), function)
 
 
-def _models() -> int:
-    from mmeb_dllm.zoo import load_zoo
+def _models(*, markdown: bool = False) -> int:
+    from mmeb_dllm.zoo import load_zoo, zoo_markdown
 
+    if markdown:
+        print(zoo_markdown())
+        return 0
     print(f"{'name':<26} {'aliases':<34} {'checkpoint':<42} {'revision':<9} pooling  attention")
     for spec in load_zoo().values():
         aliases = ",".join(spec.aliases)
@@ -102,7 +105,14 @@ def _mteb(argv: list[str]) -> int:
         args.func(args)
         return 0
     _check_names(args, mteb)
-    args.func(args)
+    from mmeb_dllm.embed.distributed import is_main_process, results_written_by_rank_zero
+
+    if not is_main_process():  # under torchrun / accelerate: every rank encodes, rank 0 alone writes
+        args.prediction_folder, args.save_predictions = None, False
+    with results_written_by_rank_zero():
+        args.func(args)
+    if not is_main_process():
+        return 0
     from mmeb_dllm.summary import print_summary
 
     print_summary(args.output_folder, args.model, args.tasks or [], args.benchmarks or [])

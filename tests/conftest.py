@@ -12,6 +12,9 @@ from tests.mmeb_fixture import write_mmeb_fixture
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# No persistent embedding cache unless a test asks for one (monkeypatch.setenv): vectors must come from the network
+# so encode counters and fault injections behave the same on every run.
+os.environ["MMEB_DLLM_EMBED_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

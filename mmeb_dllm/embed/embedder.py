@@ -1,15 +1,24 @@
-"""The one embedder every backbone goes through: prompts, de-duplication, batching, pooling, normalisation.
+"""The one embedder every backbone goes through: prompts, de-duplication, caching, batching, pooling, normalisation.
 
 A backbone only renders its chat template, tokenises, splices images and runs its network
 (:class:`mmeb_dllm.backbones.base.Backbone`). Everything that must be identical across backbones, so that score
 differences come from the backbone and not the harness, happens here.
+
+Where a vector comes from, cheapest first: this embedder's memory (same item seen before), the shared embedding
+cache (:mod:`mmeb_dllm.embed.cache`, other tasks and earlier runs), the network. Items that need the network are
+sorted by estimated length (prompt tokens + image tokens) so batches carry little padding; under a multi-process
+launch each rank encodes a share of them and the vectors are gathered (:mod:`mmeb_dllm.embed.distributed`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from collections.abc import Sequence
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -17,7 +26,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmeb_dllm.backbones.base import EmbeddedSample
+from mmeb_dllm.backbones.base import IMAGE_PLACEHOLDER_ID, EmbeddedSample
+from mmeb_dllm.embed.distributed import RankGroup
 from mmeb_dllm.embed.pooling import pool
 from mmeb_dllm.embed.prompts import user_content
 from mmeb_dllm.errors import ConfigError, MmebDllmError
@@ -26,9 +36,13 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
     from mmeb_dllm.backbones.base import Backbone
+    from mmeb_dllm.embed.cache import EmbeddingCache
     from mmeb_dllm.embed.recipe import EmbeddingRecipe
 
 logger = logging.getLogger(__name__)
+
+ENCODE_LOG_ENV = "MMEB_DLLM_ENCODE_LOG"
+"""If set, a file that gets one JSON line per batch pushed through the network (rank, recipe key, item keys)."""
 
 
 @dataclass(frozen=True)
@@ -48,14 +62,50 @@ def item_key(item: Item) -> str:
     return digest.hexdigest()
 
 
+def as_rgb(item: Item) -> Item:
+    """The item with its image in RGB (the mode every backbone's preprocessing and :func:`item_key` expect)."""
+    if item.image is None or item.image.mode == "RGB":
+        return item
+    return Item(text=item.text, image=item.image.convert("RGB"))
+
+
+_rgb = as_rgb
+
+
+@dataclass
+class _Work:
+    key: str
+    item: Item
+    ids: list[int]
+    length: int
+
+
 class Embedder:
     """Embeds items with a backbone under an :class:`EmbeddingRecipe`.
 
+    Args:
+        backbone: the model family's backbone (moved to ``device`` and the recipe's dtype here).
+        recipe: pooling, attention, dtype ... and the key of the embedding space.
+        device: where the network runs.
+        cache: shared persistent cache (:class:`EmbeddingCache`), or ``None`` for memory only.
+        group: this process's rank group for multi-process encoding; ``None`` = a single process. With several
+            ranks, :meth:`embed` is collective: every rank must call it with the same items in the same order.
+
     Each distinct item (same text and pixels) is encoded once per embedder; :attr:`items_encoded` counts the items
-    that went through the network.
+    that went through the network in this process. Batches hold at most ``batch_size`` items of similar length;
+    :attr:`tokens_real` / :attr:`tokens_computed` count the real and the padded sequence positions the network ran
+    on (their ratio is the padding overhead).
     """
 
-    def __init__(self, backbone: Backbone, recipe: EmbeddingRecipe, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        recipe: EmbeddingRecipe,
+        device: str | torch.device = "cpu",
+        *,
+        cache: EmbeddingCache | None = None,
+        group: RankGroup | None = None,
+    ) -> None:
         if recipe.pooling == "mask" and backbone.mask_token_id is None:
             raise ConfigError(f"pooling 'mask' needs a diffusion model with a mask token; {recipe.model} has none")
         self.recipe = recipe
@@ -63,8 +113,17 @@ class Embedder:
         self.backbone = backbone.to(self.device, dtype=getattr(torch, recipe.dtype)).eval()
         if recipe.attention != "default":
             self.backbone.set_attention(recipe.attention)
+        self.cache = cache
+        self.group = group or RankGroup()
+        self.group.init(self.device)
+        self.space = recipe.key()
+        if cache is not None:
+            cache.describe_space(self.space, recipe.to_dict())
         self.items_encoded = 0
+        self.tokens_real = 0
+        self.tokens_computed = 0
         self._vectors: dict[str, np.ndarray] = {}
+        self._encode_log = os.environ.get(ENCODE_LOG_ENV) or None
 
     @property
     def embed_dim(self) -> int:
@@ -78,39 +137,144 @@ class Embedder:
             ids = ids + [self.backbone.mask_token_id] * self.recipe.num_mask_tokens
         return ids
 
+    def estimated_length(self, item: Item, ids: list[int]) -> int:
+        """Sequence length the item will have: prompt tokens with the image placeholder replaced by its positions."""
+        if item.image is None:
+            return len(ids)
+        return len(ids) - ids.count(IMAGE_PLACEHOLDER_ID) + self.backbone.num_image_tokens(item.image)
+
+    # --- embedding with de-duplication and caching ------------------------------------------------------------------
+
     def embed(self, items: Sequence[Item], *, batch_size: int = 8, show_progress: bool = True) -> np.ndarray:
         """``(len(items), D)`` float32 vectors, L2-normalised if the recipe says so."""
-        prepared = [_rgb(item) for item in items]
+        prepared = [as_rgb(item) for item in items]
         keys = [item_key(item) for item in prepared]
-        todo: dict[str, Item] = {}
-        for key, item in zip(keys, prepared, strict=True):
-            if key not in self._vectors and key not in todo:
-                todo[key] = item
+        enabled = show_progress and self.group.is_main and len(items) > batch_size
+        with tqdm(total=len(items), desc="Embedding", unit="item", disable=not enabled, leave=False) as bar:
+            return self.embed_prepared(prepared, keys, batch_size=batch_size, progress=bar.update)
+
+    def embed_prepared(
+        self,
+        items: Sequence[Item],
+        keys: Sequence[str],
+        *,
+        batch_size: int = 8,
+        progress: Callable[[int], object] | None = None,
+    ) -> np.ndarray:
+        """Like :meth:`embed` for items already in RGB whose :func:`item_key` is ``keys[i]``.
+
+        ``progress(n)`` is called as rows get their vectors (``n`` rows at a time, duplicates included).
+        """
+        if len(items) != len(keys):
+            raise ValueError(f"embed_prepared got {len(items)} items but {len(keys)} keys")
+        rows = Counter(keys)
+        unique: dict[str, Item] = {}
+        for key, item in zip(keys, items, strict=True):
+            unique.setdefault(key, item)
+        missing = [key for key in unique if key not in self._vectors]
+        found = self._cached(missing)
+        self._vectors.update(found)
+        todo = {key: unique[key] for key in missing if key not in found}
+        if progress is not None:
+            progress(sum(count for key, count in rows.items() if key not in todo))
         if todo:
-            self._encode(todo, batch_size=batch_size, show_progress=show_progress)
+            self._encode(todo, batch_size=batch_size, progress=progress, rows=rows)
         if not keys:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         return np.stack([self._vectors[key] for key in keys])
 
-    def _encode(self, todo: dict[str, Item], *, batch_size: int, show_progress: bool) -> None:
-        work = [(key, item, self.prompt_ids(item)) for key, item in todo.items()]
-        work.sort(key=lambda entry: -self._estimated_length(entry[1], entry[2]))
-        batches = [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
-        for batch in tqdm(
-            batches, desc="Embedding", unit="batch", disable=not show_progress or len(batches) < 2, leave=False
-        ):
-            vectors = self._forward([entry[2] for entry in batch], [entry[1].image for entry in batch])
-            for (key, item, _), vector in zip(batch, vectors, strict=True):
-                if not np.isfinite(vector).all():
-                    raise MmebDllmError(
-                        f"{self.recipe.model} produced a non-finite embedding for item {item.text[:80]!r}; "
-                        f"try dtype float32 or check the checkpoint"
-                    )
-                self._vectors[key] = vector
-            self.items_encoded += len(batch)
+    def _cached(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """Vectors of ``keys`` the shared cache holds (on every rank, under a multi-process launch)."""
+        if self.cache is None or not keys:
+            return {}
+        found = self.cache.get(self.space, keys)
+        if self.group.is_distributed:
+            everywhere = self.group.found_everywhere(np.array([key in found for key in keys], dtype=bool))
+            found = {key: found[key] for key, ok in zip(keys, everywhere, strict=True) if ok}
+        return found
 
-    def _estimated_length(self, item: Item, ids: list[int]) -> int:
-        return len(ids) + (self.backbone.num_image_tokens(item.image) if item.image is not None else 0)
+    def _encode(
+        self,
+        todo: dict[str, Item],
+        *,
+        batch_size: int,
+        progress: Callable[[int], object] | None,
+        rows: Counter[str],
+    ) -> None:
+        """Push ``todo`` through the network (this rank's share of it) and collect every vector."""
+        batches, owners = self._plan(todo, batch_size)
+        local: list[np.ndarray] = []
+        bad: _Work | None = None
+        for batch, owner in zip(batches, owners, strict=True):
+            if owner != self.group.rank:
+                continue
+            vectors = self._forward([entry.ids for entry in batch], [entry.item.image for entry in batch])
+            finite = np.isfinite(vectors).all(axis=1)
+            if not finite.all():
+                bad = bad or batch[int(np.argmin(finite))]
+                if not self.group.is_distributed:
+                    break
+            else:
+                self._store(batch, vectors)
+            local.append(vectors)
+            self.items_encoded += len(batch)
+            if progress is not None:
+                progress(sum(rows[entry.key] for entry in batch))
+        if self.group.is_distributed:
+            bad = self._gather(batches, owners, local, progress, rows) or bad
+        if bad is not None:
+            raise MmebDllmError(
+                f"{self.recipe.model} produced a non-finite embedding for item {bad.item.text[:80]!r}; "
+                f"try dtype float32 or check the checkpoint"
+            )
+
+    def _plan(self, todo: dict[str, Item], batch_size: int) -> tuple[list[list[_Work]], list[int]]:
+        """Batches of at most ``batch_size`` items cut from a longest-first order (as equal in size as possible,
+        enough of them for every rank), and the rank that encodes each. Identical on every rank."""
+        work = []
+        for key, item in todo.items():
+            ids = self.prompt_ids(item)
+            work.append(_Work(key, item, ids, self.estimated_length(item, ids)))
+        work.sort(key=lambda entry: -entry.length)  # stable: equal lengths keep first-seen order on every rank
+        size = math.ceil(len(work) / self.group.batch_count(len(work), batch_size))
+        batches = [work[i : i + size] for i in range(0, len(work), size)]
+        return batches, self.group.assign([batch[0].length * len(batch) for batch in batches])
+
+    def _gather(
+        self,
+        batches: list[list[_Work]],
+        owners: list[int],
+        local: list[np.ndarray],
+        progress: Callable[[int], object] | None,
+        rows: Counter[str],
+    ) -> _Work | None:
+        """Exchange the ranks' vectors; keep the finite ones; return an item whose vector is not finite, if any."""
+        entries = [[entry for b, o in zip(batches, owners, strict=True) if o == rank for entry in b]
+                   for rank in range(self.group.world_size)]
+        mine = np.concatenate(local) if local else np.zeros((0, self.embed_dim), dtype=np.float32)
+        bad = None
+        for rank, vectors in enumerate(self.group.gather(mine, [len(e) for e in entries], self.embed_dim)):
+            for entry, vector in zip(entries[rank], vectors, strict=True):
+                if np.isfinite(vector).all():
+                    self._vectors[entry.key] = vector
+                else:
+                    bad = bad or entry
+            if progress is not None and rank != self.group.rank:
+                progress(sum(rows[entry.key] for entry in entries[rank]))
+        return bad
+
+    def _store(self, batch: list[_Work], vectors: np.ndarray) -> None:
+        """Keep one finished batch in memory, commit it to the shared cache, and log it if asked."""
+        fresh = {entry.key: vector for entry, vector in zip(batch, vectors, strict=True)}
+        self._vectors.update(fresh)
+        if self.cache is not None:
+            self.cache.put(self.space, fresh)
+        if self._encode_log:
+            line = {"rank": self.group.rank, "pid": os.getpid(), "space": self.space, "items": list(fresh)}
+            with open(self._encode_log, "a", encoding="utf-8") as log:
+                log.write(json.dumps(line) + "\n")
+
+    # --- the network ----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], images: list[Image | None]) -> np.ndarray:
@@ -118,7 +282,7 @@ class Embedder:
 
     def forward_items(self, items: Sequence[Item]) -> torch.Tensor:
         """``(B, D)`` float32 vectors of one batch, differentiable (no cache, no de-duplication): for training."""
-        prepared = [_rgb(item) for item in items]
+        prepared = [as_rgb(item) for item in items]
         return self.forward_prepared([self.prompt_ids(item) for item in prepared], [item.image for item in prepared])
 
     def forward_prepared(self, ids: list[list[int]], images: list[Image | None]) -> torch.Tensor:
@@ -126,6 +290,8 @@ class Embedder:
         samples = [s if isinstance(s, EmbeddedSample) else EmbeddedSample(s) for s in self.backbone.embed(ids, images)]
         lengths = torch.tensor([s.embeds.shape[0] for s in samples])
         width = int(lengths.max())
+        self.tokens_real += int(lengths.sum())
+        self.tokens_computed += width * len(samples)
         first = samples[0].embeds
         padded = first.new_zeros((len(samples), width, first.shape[-1]))
         mask = torch.zeros((len(samples), width), dtype=torch.long, device=first.device)
@@ -145,9 +311,3 @@ class Embedder:
         if self.recipe.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled
-
-
-def _rgb(item: Item) -> Item:
-    if item.image is None or item.image.mode == "RGB":
-        return item
-    return Item(text=item.text, image=item.image.convert("RGB"))

@@ -7,13 +7,19 @@ Weights are located when the model is created (so a missing checkpoint fails at 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from mteb.models.abs_encoder import AbsEncoder
+from tqdm.auto import tqdm
 
 from mmeb_dllm.benchmark.images import open_image
-from mmeb_dllm.embed.embedder import Embedder, Item
+from mmeb_dllm.embed.cache import EmbeddingCache, default_cache
+from mmeb_dllm.embed.distributed import RankGroup, rank_device
+from mmeb_dllm.embed.embedder import Embedder, Item, as_rgb, item_key
 from mmeb_dllm.embed.recipe import EmbeddingRecipe
 from mmeb_dllm.errors import MmebDllmError
 from mmeb_dllm.zoo import get_spec, load_backbone, resolve_checkpoint
@@ -24,6 +30,13 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
 logger = logging.getLogger(__name__)
+
+WINDOW_ITEMS = 1024
+"""Items gathered from mteb's batches before the embedder sorts them by length (at least 16 batches)."""
+WINDOW_PIXELS = 64_000_000
+"""Decoded pixels after which a window closes early (about 190 MB of RGB), so big images stay bounded in memory."""
+T = TypeVar("T")
+_END = object()
 
 RECIPE_OPTIONS = ("pooling", "num_mask_tokens", "attention", "instruction", "image_resolution", "dtype", "normalize")
 
@@ -50,7 +63,12 @@ class MMEBEncoder(AbsEncoder):
             checkpoint=spec.checkpoint,
             revision=spec.revision,
             resolved_revision=self.checkpoint.revision,
-            **{"pooling": spec.pooling, "attention": spec.attention, **options},
+            **{
+                "pooling": spec.pooling,
+                "attention": spec.attention,
+                "image_resolution": spec.image_resolution,
+                **options,
+            },
         )
         self.device = _device_name(device)
         self._embedder: Embedder | None = None
@@ -64,8 +82,20 @@ class MMEBEncoder(AbsEncoder):
                 from mmeb_dllm.adapters import apply_adapter
 
                 backbone = apply_adapter(backbone, self.recipe.adapter, expected_hash=self.recipe.adapter_hash)
-            self._embedder = Embedder(backbone, self.recipe, device=self.device)
+            self._embedder = Embedder(
+                backbone, self.recipe, device=self.device, cache=self.embedding_cache, group=self.rank_group
+            )
         return self._embedder
+
+    @cached_property
+    def embedding_cache(self) -> EmbeddingCache | None:
+        """The shared embedding cache (``$MMEB_DLLM_EMBED_CACHE``; ``off`` disables it)."""
+        return default_cache()
+
+    @cached_property
+    def rank_group(self) -> RankGroup:
+        """This process's rank under ``torchrun`` / ``accelerate launch`` (a single process otherwise)."""
+        return RankGroup.from_env()
 
     def encode(
         self,
@@ -77,15 +107,28 @@ class MMEBEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
+        """Vectors of all rows of ``inputs``, in order.
+
+        mteb's batches are gathered into windows of many items (images decoded, content keys computed in a
+        background thread while the network runs), so the embedder's length sort spans many mteb batches without
+        holding a whole task's decoded images. A window the shared cache fully holds is answered without loading
+        the weights (single process).
+        """
         batch_size = int(kwargs.get("batch_size") or 8)
-        show_progress = bool(kwargs.get("show_progress_bar", True))
+        total = len(inputs.dataset) if hasattr(inputs, "dataset") else 0  # type: ignore[arg-type]
+        show_progress = bool(kwargs.get("show_progress_bar", True)) and self.rank_group.is_main
+        quiet = not show_progress or total < 2 * batch_size
+        windows = item_windows(inputs, task_metadata.name, max_items=max(WINDOW_ITEMS, 16 * batch_size))
+        chunks = []
         try:
-            chunks = [
-                self.embedder.embed(
-                    batch_items(batch, task_metadata.name), batch_size=batch_size, show_progress=show_progress
-                )
-                for batch in inputs
-            ]
+            with tqdm(total=total, desc="Embedding", unit="item", leave=False, disable=quiet) as bar:
+                for items, keys in prefetched(windows):
+                    vectors = self._cached_window(keys)
+                    if vectors is None:
+                        vectors = self.embedder.embed_prepared(items, keys, batch_size=batch_size, progress=bar.update)
+                    else:
+                        bar.update(len(keys))
+                    chunks.append(vectors)
         except MmebDllmError as exc:
             if task_metadata.name in str(exc):
                 raise
@@ -93,6 +136,55 @@ class MMEBEncoder(AbsEncoder):
         if not chunks:
             return np.zeros((0, self.embedder.embed_dim), dtype=np.float32)
         return np.concatenate(chunks)
+
+    def _cached_window(self, keys: list[str]) -> np.ndarray | None:
+        """The window's vectors if the weights are not loaded yet and the shared cache holds them all, else None.
+
+        Skipped under a multi-process launch: there every rank must enter the embedder's collectives together.
+        """
+        if self._embedder is not None or self.embedding_cache is None or self.rank_group.is_distributed:
+            return None
+        found = self.embedding_cache.get(self.recipe.key(), keys)
+        if len(found) < len(set(keys)):
+            return None
+        return np.stack([found[key] for key in keys]) if keys else None
+
+
+def item_windows(
+    batches: Iterable[dict[str, Any]], task_name: str, *, max_items: int, max_pixels: int = WINDOW_PIXELS
+) -> Iterator[tuple[list[Item], list[str]]]:
+    """Consecutive mteb batches joined into windows of RGB items and their content keys.
+
+    A window closes at the first batch boundary after ``max_items`` items or ``max_pixels`` decoded pixels.
+    """
+    items: list[Item] = []
+    keys: list[str] = []
+    pixels = 0
+    for batch in batches:
+        for item in batch_items(batch, task_name):
+            item = as_rgb(item)
+            items.append(item)
+            keys.append(item_key(item))
+            if item.image is not None:
+                pixels += item.image.width * item.image.height
+        if len(items) >= max_items or pixels >= max_pixels:
+            yield items, keys
+            items, keys, pixels = [], [], 0
+    if items:
+        yield items, keys
+
+
+def prefetched(iterator: Iterator[T]) -> Iterator[T]:
+    """``iterator``'s elements, the next one produced by a background thread while the caller uses the current one
+    (image decoding and hashing release the GIL, so they overlap with the network)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmeb-prefetch") as pool:
+        pending = pool.submit(next, iterator, _END)
+        while True:
+            element = pending.result()
+            if element is _END:
+                return
+            pending = pool.submit(next, iterator, _END)
+            yield element  # type: ignore[misc]
 
 
 def batch_items(batch: dict[str, Any], task_name: str = "") -> list[Item]:
@@ -119,7 +211,7 @@ def _device_name(device: Any) -> str:
     if device is None:
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return rank_device("cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(device, int):
         return f"cuda:{device}"
-    return str(device)
+    return rank_device(str(device))
