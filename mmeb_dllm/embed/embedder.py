@@ -208,7 +208,7 @@ class Embedder:
         for batch, owner in zip(batches, owners, strict=True):
             if owner != self.group.rank:
                 continue
-            vectors = self._forward([entry.ids for entry in batch], [entry.item.image for entry in batch])
+            vectors = self._forward_halving(batch)
             finite = np.isfinite(vectors).all(axis=1)
             if not finite.all():
                 bad = bad or batch[int(np.argmin(finite))]
@@ -276,6 +276,23 @@ class Embedder:
 
     # --- the network ----------------------------------------------------------------------------------------------
 
+    def _forward_halving(self, batch: list[_Work]) -> np.ndarray:
+        """Vectors of one planned batch; on out-of-memory, split it in halves and retry (with a warning)."""
+        try:
+            return self._forward([entry.ids for entry in batch], [entry.item.image for entry in batch])
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise MmebDllmError(
+                    f"{self.recipe.model}: out of memory on a single item ({batch[0].length} positions, text "
+                    f"{batch[0].item.text[:60]!r}); lower the image resolution or use a larger device"
+                ) from None
+            half = len(batch) // 2
+            logger.warning("out of memory on a batch of %d items; retrying as %d + %d", len(batch), half,
+                           len(batch) - half)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return np.concatenate([self._forward_halving(batch[:half]), self._forward_halving(batch[half:])])
+
     @torch.inference_mode()
     def _forward(self, ids: list[list[int]], images: list[Image | None]) -> np.ndarray:
         return self.forward_prepared(ids, images).cpu().numpy()
@@ -285,8 +302,18 @@ class Embedder:
         prepared = [as_rgb(item) for item in items]
         return self.forward_prepared([self.prompt_ids(item) for item in prepared], [item.image for item in prepared])
 
-    def forward_prepared(self, ids: list[list[int]], images: list[Image | None]) -> torch.Tensor:
-        """Splice, right-pad, run, pool and normalise one batch of prompt ids and images."""
+    def forward_layers(self, items: Sequence[Item]) -> torch.Tensor:
+        """``(n_layers + 1, B, D)`` pooled, normalised vectors of every hidden state (index 0 = the embeddings)."""
+        prepared = [as_rgb(item) for item in items]
+        return self.forward_prepared(
+            [self.prompt_ids(item) for item in prepared], [item.image for item in prepared], all_layers=True
+        )
+
+    def forward_prepared(
+        self, ids: list[list[int]], images: list[Image | None], *, all_layers: bool = False
+    ) -> torch.Tensor:
+        """Splice, right-pad, run, pool and normalise one batch of prompt ids and images (``all_layers``: every
+        hidden state, stacked on a new first axis)."""
         samples = [s if isinstance(s, EmbeddedSample) else EmbeddedSample(s) for s in self.backbone.embed(ids, images)]
         lengths = torch.tensor([s.embeds.shape[0] for s in samples])
         width = int(lengths.max())
@@ -306,7 +333,12 @@ class Embedder:
             if positions is not None:
                 positions[row, ..., :size] = sample.position_ids
         kwargs = {"position_ids": positions} if positions is not None else {}
-        hidden = self.backbone.forward_embeds(padded, mask, **kwargs)
+        if all_layers:
+            states = self.backbone.forward_embeds(padded, mask, output_hidden_states=True, **kwargs)
+            return torch.stack([self._pool(state, lengths) for state in states])
+        return self._pool(self.backbone.forward_embeds(padded, mask, **kwargs), lengths)
+
+    def _pool(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         pooled = pool(hidden, lengths, self.recipe.pooling, self.recipe.num_mask_tokens).float()
         if self.recipe.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
