@@ -24,7 +24,7 @@ class SmallMemory(ToyBackbone):
         self.limit = limit
         self.failures = 0
 
-    def forward_embeds(self, inputs_embeds, attention_mask, **kwargs):  # noqa: ANN001, ANN003, ANN201
+    def forward_embeds(self, inputs_embeds, attention_mask, **kwargs):
         if inputs_embeds.shape[0] > self.limit:
             self.failures += 1
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
