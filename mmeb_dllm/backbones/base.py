@@ -99,9 +99,17 @@ class Backbone(nn.Module, ABC):
         Padded positions never influence real positions.
         """
 
-    @abstractmethod
     def set_attention(self, mode: AttentionMode) -> None:
-        """Switch the language model between ``causal`` and ``bidirectional`` attention."""
+        """Switch the language model between ``causal`` and ``bidirectional`` attention.
+
+        The default flips ``is_causal`` on the config of ``self.language_model`` (stock transformers decoders read it
+        when building their mask); a family without such a module overrides this.
+        """
+        from mmeb_dllm.errors import ConfigError
+
+        if mode not in ATTENTION_MODES:
+            raise ConfigError(f"attention {mode!r} is not supported; use one of {ATTENTION_MODES}")
+        self.language_model.config.is_causal = mode == "causal"
 
     def describe(self) -> dict[str, object]:
         """Input settings worth recording with a result (image resolution / token budget, templates, ...)."""

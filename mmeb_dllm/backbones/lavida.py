@@ -18,7 +18,7 @@ from torch import nn
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
 from mmeb_dllm.backbones import anyres
-from mmeb_dllm.backbones.base import ATTENTION_MODES, IMAGE_PLACEHOLDER_ID, AttentionMode, Backbone
+from mmeb_dllm.backbones.base import IMAGE_PLACEHOLDER_ID, AttentionMode, Backbone
 from mmeb_dllm.backbones.dream import DreamLM, dream_config_to_qwen2, dream_mask_token_id
 from mmeb_dllm.backbones.llada import (
     LLADA_PREFIX,
@@ -352,12 +352,6 @@ class LavidaBackbone(Backbone):
         tokenizer = self._require_tokenizer()
         chunks = [tokenizer(chunk, add_special_tokens=False).input_ids for chunk in prompt.split(self.image_token)]
         return join_image_chunks(chunks, tokenizer.bos_token_id)
-
-    def set_attention(self, mode: AttentionMode) -> None:
-        """Switch the language model between causal and bidirectional attention (config ``is_causal``)."""
-        if mode not in ATTENTION_MODES:
-            raise ConfigError(f"attention {mode!r} is not supported; use one of {ATTENTION_MODES}")
-        self.language_model.config.is_causal = mode == "causal"
 
     def describe(self) -> dict[str, object]:
         return {

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from mmeb_dllm.backbones.base import ATTENTION_MODES, IMAGE_PLACEHOLDER_ID, AttentionMode, Backbone
+from mmeb_dllm.backbones.base import IMAGE_PLACEHOLDER_ID, AttentionMode, Backbone
 from mmeb_dllm.backbones.llada import read_checkpoint_config, resolve_dtype
-from mmeb_dllm.errors import CheckpointError, ConfigError, DataError
+from mmeb_dllm.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -204,12 +204,6 @@ class HFVisionLanguageBackbone(Backbone):
         """Ids of the whole prompt as the HF processor makes them, :data:`IMAGE_PLACEHOLDER_ID` for the image token."""
         ids = self.tokenizer(prompt).input_ids
         return [IMAGE_PLACEHOLDER_ID if token == self.image_token_id else int(token) for token in ids]
-
-    def set_attention(self, mode: AttentionMode) -> None:
-        """Causal (as trained) or bidirectional attention in the decoder (``text_config.is_causal``)."""
-        if mode not in ATTENTION_MODES:
-            raise ConfigError(f"attention {mode!r} is not supported; use one of {ATTENTION_MODES}")
-        self.language_model.config.is_causal = mode == "causal"
 
     def describe(self) -> dict[str, object]:
         """Input settings recorded with results: raw prompt, image resize, the image processor's settings."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from mmeb_dllm.backbones.base import ATTENTION_MODES, IMAGE_PLACEHOLDER_ID, AttentionMode, Backbone
+from mmeb_dllm.backbones.base import IMAGE_PLACEHOLDER_ID, AttentionMode, Backbone
 from mmeb_dllm.backbones.lavida import load_tokenizer
 from mmeb_dllm.backbones.llada import LladaLM, read_checkpoint_config, resolve_dtype
 from mmeb_dllm.backbones.magvit import MagvitTokenizer
@@ -231,12 +231,6 @@ class MmadaBackbone(Backbone):
         has_image = self.image_token in prompt
         ids = self._require_tokenizer()(prompt.replace(self.image_token, ""), add_special_tokens=False).input_ids
         return [IMAGE_PLACEHOLDER_ID, *ids] if has_image else list(ids)
-
-    def set_attention(self, mode: AttentionMode) -> None:
-        """Switch the language model between causal and bidirectional attention (config ``is_causal``)."""
-        if mode not in ATTENTION_MODES:
-            raise ConfigError(f"attention {mode!r} is not supported; use one of {ATTENTION_MODES}")
-        self.language_model.config.is_causal = mode == "causal"
 
     def describe(self) -> dict[str, object]:
         """Image settings recorded with results: resize-crop resolution, code grid, id layout."""
