@@ -69,7 +69,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """This environment, offline, with as many torch threads as this process (same float reduction order)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS=str(torch.get_num_threads()), **extra)
+               OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env.update(extra)
     return env
 
 
