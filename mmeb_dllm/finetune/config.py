@@ -64,6 +64,9 @@ class FinetuneConfig:
     warmup_steps: int = _help("linear warm-up steps", 200)
     steps: int = _help("optimizer steps", 2000)
     weight_decay: float = _help("AdamW weight decay", 0.0)
+    adam_beta1: float = _help("AdamW beta1", 0.9)
+    adam_beta2: float = _help("AdamW beta2", 0.999)
+    adam_epsilon: float = _help("AdamW epsilon", 1e-8)
     max_grad_norm: float = _help("clip the gradient norm to this (0 = no clipping)", 1.0)
     global_batch_size: int = _help("pairs per optimizer step, summed over all ranks (in-batch negatives)", 1024)
     chunk_size: int = _help(
@@ -106,6 +109,8 @@ class FinetuneConfig:
             raise ConfigError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1 and self.adam_epsilon > 0):
+            raise ConfigError("--adam-beta1/--adam-beta2 must be in [0, 1) and --adam-epsilon > 0")
         if not self.learning_rate > 0:
             raise ConfigError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if not self.train:

@@ -244,7 +244,10 @@ def train(
     vision_cache = install_vision_cache(backbone) if config.cache_vision_features else None
     parameters = {name: p for name, p in backbone.named_parameters() if p.requires_grad}
     distributed.broadcast_parameters(parameters.values())
-    optimizer = torch.optim.AdamW(parameters.values(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameters.values(), lr=config.learning_rate, weight_decay=config.weight_decay,
+        betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_epsilon,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step))
     torch.manual_seed(config.seed + ctx.rank)
 

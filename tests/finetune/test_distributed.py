@@ -1,4 +1,11 @@
-"""Several processes (torchrun, gloo on CPU) train the same adapter as one process with the same global batch."""
+"""Several processes (torchrun, gloo on CPU) train the same adapter as one process with the same global batch.
+
+The ranks sum their gradients in another order than one process does, so gradients agree to float rounding only.
+AdamW divides each update by ``sqrt(v) + eps``: for gradient entries near zero (~1e-10, where rounding changes
+them relatively) the default ``eps`` 1e-8 turns that rounding into weight differences of lr x 1e-2 (2.8e-5 seen at
+lr 5e-3). The test therefore runs with ``adam_epsilon`` 1e-6 and lr 2e-3, where rounding stays below 1e-6 in the
+weights, and checks the loss of every step and every adapter weight to 1e-5.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +24,8 @@ from tests.finetune.conftest import cli_flags, subprocess_env, tiny_config, writ
 
 SETTINGS = {
     "train": ("TextPairs",), "samples_per_task": 8, "steps": 3, "global_batch_size": 4, "chunk_size": 1,
-    "warmup_steps": 0, "learning_rate": 5e-3, "lora_dropout": 0.0, "checkpoint_every": 0, "progress": False,
+    "warmup_steps": 0, "learning_rate": 2e-3, "adam_epsilon": 1e-6, "lora_dropout": 0.0, "checkpoint_every": 0,
+    "progress": False,
 }
 
 
@@ -56,7 +64,5 @@ def test_torchrun_two_ranks_equal_one_process(tmp_path, monkeypatch):
     got = load_file(str(tmp_path / "two" / "adapter_model.safetensors"))
     assert want.keys() == got.keys()
     assert max(w.abs().max().item() for k, w in want.items() if "lora_B" in k) > 1e-3  # training moved the adapter
-    gap = max((want[k] - got[k]).abs().max().item() for k in want)
-    assert gap <= 1e-4
-    if gap > 1e-5:  # acceptance asks 1e-5; seen 2.8e-5 with losses equal to 1e-5 (open item of the fine-tune issue)
-        pytest.xfail(f"2-rank adapter differs from 1-process by {gap:.1e} (> 1e-5) although the losses agree")
+    assert max(abs(a - b) for a, b in zip(one.losses[1:], one.losses[:-1], strict=False)) > 1e-3
+    assert max((want[k] - got[k]).abs().max().item() for k in want) <= 1e-5

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 # images (the frozen-vision feature cache starts cold after the restart), GradCache chunks and LoRA dropout
 SETTINGS = {
-    "train": ("MMEB-mini/Digits",), "samples_per_task": 8, "steps": 8, "global_batch_size": 4, "chunk_size": 2,
+    "train": ("MMEB-mini/Digits",), "samples_per_task": 4, "steps": 5, "global_batch_size": 2, "chunk_size": 1,
     "lora_dropout": 0.1, "checkpoint_every": 1, "progress": False, "lora_targets": "language_model,projector",
     "learning_rate": 1e-3, "temperature": 0.05, "warmup_steps": 1,
 }
