@@ -5,12 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -22,7 +19,7 @@ from mmeb_dllm.errors import CheckpointError
 from mmeb_dllm.finetune.card import CARD_FILE
 from mmeb_dllm.finetune.trainer import train
 from mmeb_dllm.paths import tasks_dir
-from tests.finetune.conftest import subprocess_env, tiny_config
+from tests.finetune.conftest import tiny_config
 
 NAME = "tiny-digits-adapter"
 
@@ -104,32 +101,3 @@ def test_changed_adapter_files_are_refused(adapter, tmp_path):
     backbone = MMEBEncoder("lavida-embed-tiny").embedder.backbone
     with pytest.raises(CheckpointError, match="changed since it was registered"):
         apply_adapter(backbone, copy, expected_hash=expected)
-
-
-def _digits_p_at_1(encoder: MMEBEncoder) -> float:
-    """Independent P@1 on MMEB-mini Digits from the encoder's own vectors (ground truth = candidate 0)."""
-    root = tasks_dir() / "mini"
-    rows = pq.read_table(next((root / "Digits").glob("test-*.parquet"))).to_pylist()
-    hits = []
-    for row in rows:
-        image = Image.open(root / "eval_images" / row["qry_img_path"]).convert("RGB")
-        vectors = encoder.embedder.embed([Item(row["qry_text"], image)] + [Item(t) for t in row["tgt_text"]],
-                                         show_progress=False)
-        sims = vectors[1:] @ vectors[0]
-        hits.append(bool(sims[0] > np.delete(sims, 0).max()))
-    return float(np.mean(hits))
-
-
-@pytest.mark.slow
-def test_stock_mteb_cli_runs_an_adapter_by_name(adapter, tmp_path):
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "mteb"), "run", "-m", NAME, "-t", "MMEB-mini",
-         "--output-folder", str(tmp_path), "--no-co2-tracker"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env=subprocess_env(MMEB_DLLM_ADAPTERS=str(adapter.parent)),
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    folder = tmp_path / "results" / f"mmeb-dllm__{NAME}" / adapter_hash(adapter)[:12]
-    assert (folder / "MMEB-mini.json").is_file()
-    digits = json.loads((folder / "MMEB-mini-Digits.json").read_text())["scores"]["test"][0]["main_score"]
-    assert digits == pytest.approx(_digits_p_at_1(MMEBEncoder("lavida-embed-tiny", adapter=str(adapter))))

@@ -60,9 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, train, print where the adapter is and how to evaluate it. Returns the exit code."""
     config = parse_config(sys.argv[1:] if argv is None else argv)
 
+    from mmeb_dllm.finetune import distributed
     from mmeb_dllm.finetune.trainer import train
 
-    result = train(config)
+    try:
+        result = train(config)
+    finally:
+        distributed.teardown()
     if result.card is not None:
         _report(result.out, result.card)
     return 0

@@ -48,6 +48,9 @@ class FinetuneConfig:
     samples_per_task: int = _help(
         "at most this many rows per dataset (a seeded random subset when a dataset has more)", 50_000
     )
+    homogeneous_batches: bool = _help(
+        "draw every batch from one dataset (VLM2Vec's homogeneous sampling): in-batch negatives share the task", False
+    )
     hard_negatives: bool = _help("use the rows' neg_text/neg_image_path as extra negatives when present", True)
     temperature: float = _help("InfoNCE softmax temperature", 0.02)
     lora_r: int = _help("LoRA rank", 8)
@@ -123,12 +126,6 @@ class FinetuneConfig:
                 )
         if not parse_list(self.lora_targets):
             raise ConfigError("--lora-targets is empty; the default is language_model")
-
-    @property
-    def trains_vision(self) -> bool:
-        """Whether LoRA may touch the vision tower (named as a part, or by a regex)."""
-        targets = parse_list(self.lora_targets)
-        return "vision_tower" in targets or any(t.startswith(REGEX_PREFIX) for t in targets)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -99,33 +99,64 @@ class TrainSet:
 
 
 class TrainData:
-    """All training pairs and the seeded order in which steps draw them."""
+    """All training pairs and the seeded order in which steps draw them.
 
-    def __init__(self, sets: Sequence[TrainSet], seed: int) -> None:
+    Mixed batches (default): each epoch is one seeded permutation of all pairs, cut into consecutive batches (an epoch
+    boundary continues into the next permutation). Homogeneous batches: each epoch cuts every dataset's own seeded
+    permutation into batches (``max(1, rows // batch)`` per dataset, wrapping round a dataset smaller than a batch)
+    and shuffles the batches, so every batch comes from one dataset.
+    """
+
+    def __init__(self, sets: Sequence[TrainSet], seed: int, *, homogeneous: bool = False) -> None:
         self.sets = list(sets)
         self.pairs = [pair for train_set in self.sets for pair in train_set.pairs]
         if not self.pairs:
             raise DataError(f"no training pairs in {[s.name for s in self.sets]}")
         self.seed = seed
-        self._orders: dict[int, np.ndarray] = {}
+        self.homogeneous = homogeneous
+        self._orders: dict[tuple[int, int], Any] = {}
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def order(self, epoch: int) -> np.ndarray:
-        """The permutation of all pairs used in ``epoch``."""
-        if epoch not in self._orders:
+        """The permutation of all pairs used in ``epoch`` (mixed batches)."""
+        key = (epoch, 0)
+        if key not in self._orders:
             rng = np.random.default_rng([self.seed, epoch])
-            self._orders = {epoch: rng.permutation(len(self.pairs))}  # only the current epoch is kept
-        return self._orders[epoch]
+            self._orders = {key: rng.permutation(len(self.pairs))}  # only the current epoch is kept
+        return self._orders[key]
+
+    def _batches_per_epoch(self, size: int) -> int:
+        return sum(max(1, len(s.pairs) // size) for s in self.sets if s.pairs)
+
+    def _homogeneous_batches(self, epoch: int, size: int) -> list[list[int]]:
+        key = (epoch, size)
+        if key not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch])
+            batches, offset = [], 0
+            for train_set in self.sets:
+                count = len(train_set.pairs)
+                if count:
+                    permutation = rng.permutation(count) + offset
+                    batches += [[int(permutation[(b * size + j) % count]) for j in range(size)]
+                                for b in range(max(1, count // size))]
+                offset += count
+            self._orders = {key: [batches[i] for i in rng.permutation(len(batches))]}
+        return self._orders[key]
 
     def position(self, step: int, global_batch_size: int) -> tuple[int, int]:
-        """(epoch, offset in that epoch's order) of the first pair of ``step`` (0-based)."""
+        """(epoch, offset) of ``step`` (0-based): the pair offset in the epoch's permutation, or the batch index."""
+        if self.homogeneous:
+            return divmod(step, self._batches_per_epoch(global_batch_size))
         start = step * global_batch_size
         return start // len(self.pairs), start % len(self.pairs)
 
     def batch(self, step: int, global_batch_size: int) -> list[TrainPair]:
-        """The ``global_batch_size`` pairs of ``step`` (an epoch boundary continues into the next permutation)."""
+        """The ``global_batch_size`` pairs of ``step``."""
+        if self.homogeneous:
+            epoch, index = self.position(step, global_batch_size)
+            return [self.pairs[i] for i in self._homogeneous_batches(epoch, global_batch_size)[index]]
         start = step * global_batch_size
         out = []
         for position in range(start, start + global_batch_size):
@@ -202,7 +233,8 @@ def _train_config_of(name: str) -> str:
 
 
 def load_train_data(
-    names: Sequence[str], *, split: str, samples_per_task: int, seed: int, hard_negatives: bool = True
+    names: Sequence[str], *, split: str, samples_per_task: int, seed: int, hard_negatives: bool = True,
+    homogeneous: bool = False,
 ) -> TrainData:
     """Read, check and sample every requested dataset (see the module docstring for where rows come from)."""
     sets = []
@@ -211,7 +243,7 @@ def load_train_data(
             load_train_set(request, split=split, samples_per_task=samples_per_task, seed=seed,
                            hard_negatives=hard_negatives)
         )
-    return TrainData(sets, seed)
+    return TrainData(sets, seed, homogeneous=homogeneous)
 
 
 def load_train_set(

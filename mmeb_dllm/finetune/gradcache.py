@@ -53,8 +53,12 @@ def contrastive_step(
     embeddings of all ranks. ``chunk_size`` 0 (or one at least as large as every side) runs a single pass.
     """
     sides = batch.sides()
+    if not batch.queries:
+        raise ValueError("a contrastive batch needs at least one query")
     if chunk_size <= 0 or all(len(side) <= chunk_size for side in sides):
-        reps = [_embed_all(embed, side, embed_dim) for side in sides]
+        reps: list[torch.Tensor] = []
+        for side in sides:
+            reps.append(embed(side) if side else _empty(embed_dim, reps[0]))
         loss = loss_fn(*[gather(rep) for rep in reps])
         loss.backward()
         return loss.detach()
@@ -68,7 +72,7 @@ def contrastive_step(
                 side_states.append(_rng_state())
                 parts.append(embed(chunk))
             states.append(side_states)
-            cached.append(torch.cat(parts) if parts else _empty(embed_dim))
+            cached.append(torch.cat(parts) if parts else _empty(embed_dim, cached[0]))
     leaves = [rep.detach().requires_grad_(True) for rep in cached]
     loss = loss_fn(*[gather(leaf) for leaf in leaves])
     loss.backward()
@@ -84,12 +88,9 @@ def contrastive_step(
     return loss.detach()
 
 
-def _embed_all(embed: EmbedFn, items: list[Item], embed_dim: int) -> torch.Tensor:
-    return embed(items) if items else _empty(embed_dim)
-
-
-def _empty(embed_dim: int) -> torch.Tensor:
-    return torch.zeros((0, embed_dim), dtype=torch.float32)
+def _empty(embed_dim: int, like: torch.Tensor) -> torch.Tensor:
+    """No rows, on the device and in the dtype of the queries' embeddings (so gathers over ranks line up)."""
+    return like.new_zeros((0, embed_dim))
 
 
 def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:

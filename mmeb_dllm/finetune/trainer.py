@@ -166,8 +166,9 @@ def prepare_model(config: FinetuneConfig, device: torch.device) -> PreparedModel
     torch.manual_seed(config.seed)
     peft_model, targets = add_lora(backbone, config, spec.full_name)
     peft_model.train()
-    if not config.trains_vision and hasattr(backbone, "vision_tower"):
-        backbone.vision_tower.eval()
+    tower = getattr(backbone, "vision_tower", None)
+    if tower is not None and not any(p.requires_grad for p in tower.parameters()):
+        tower.eval()  # frozen: no dropout, and its features can be cached
     if config.gradient_checkpointing:
         _enable_gradient_checkpointing(backbone)
     return PreparedModel(backbone, embedder, peft_model, recipe, targets)
@@ -238,7 +239,8 @@ def train(
 
     _seed_everything(config.seed)
     data = load_train_data(config.train, split=config.split, samples_per_task=config.samples_per_task,
-                           seed=config.seed, hard_negatives=config.hard_negatives)
+                           seed=config.seed, hard_negatives=config.hard_negatives,
+                           homogeneous=config.homogeneous_batches)
     model = prepare_model(config, device)
     backbone, embedder, peft_model, recipe = model.backbone, model.embedder, model.peft_model, model.recipe
     vision_cache = install_vision_cache(backbone) if config.cache_vision_features else None
@@ -345,7 +347,7 @@ def _state(
     epoch, offset = data.position(step, config.global_batch_size)
     return {
         "recipe": config.recipe(),
-        "data_position": {"epoch": epoch, "offset": offset, "pairs": len(data)},
+        "data_position": {"epoch": epoch, "offset": offset, "pairs": len(data), "homogeneous": data.homogeneous},
         "losses": losses,
         "elapsed_s": elapsed,
         "world_size": ctx.world_size,

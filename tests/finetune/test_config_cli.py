@@ -15,7 +15,7 @@ def test_defaults_are_the_vlm2vec_recipe():
     assert (config.warmup_steps, config.steps, config.global_batch_size, config.samples_per_task) == (
         200, 2000, 1024, 50_000)
     assert config.pooling is None and config.dora is False and config.hard_negatives is True
-    assert config.lora_targets == "language_model" and not config.trains_vision
+    assert config.lora_targets == "language_model"
     assert config.train == ("MMEB-mini",) and config.split == "original"
 
 

@@ -141,3 +141,16 @@ def test_missing_columns_and_missing_split(tmp_path, monkeypatch):
         load_train_data(["Toy"], split="original", samples_per_task=100, seed=0)
     with pytest.raises(DataError, match="diverse_instruction"):
         load_train_data(["MMEB-mini/Digits"], split="diverse_instruction", samples_per_task=100, seed=0)
+
+
+def test_homogeneous_batches_come_from_one_dataset_each():
+    data = load_train_data(["MMEB-mini/Digits", "MMEB-mini/Shapes"], split="original", samples_per_task=12,
+                           seed=1, homogeneous=True)
+    batches = [data.batch(step, 4) for step in range(12)]
+    assert all(len({p.dataset for p in batch}) == 1 for batch in batches)
+    first_epoch = [(p.dataset, p.row) for batch in batches[:6] for p in batch]
+    assert len(set(first_epoch)) == 24 and {d for d, _ in first_epoch} == {"MMEB-mini/Digits", "MMEB-mini/Shapes"}
+    assert data.position(7, 4) == (1, 1)
+    again = load_train_data(["MMEB-mini/Digits", "MMEB-mini/Shapes"], split="original", samples_per_task=12,
+                            seed=1, homogeneous=True)
+    assert [p.row for p in again.batch(9, 4)] == [p.row for p in data.batch(9, 4)]

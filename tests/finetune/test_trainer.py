@@ -101,6 +101,19 @@ def test_refuses_a_finished_adapter_and_a_checkpoint_of_another_recipe(uninterru
         train(tiny_config(str(tmp_path / "foreign"), **RESUME))
 
 
+def test_gradient_checkpointing_changes_nothing_and_bf16_trains(tmp_path):
+    plain = train(tiny_config(str(tmp_path / "plain"), train=("TextPairs",), steps=2, checkpoint_every=0))
+    recomputed = train(tiny_config(str(tmp_path / "recomputed"), train=("TextPairs",), steps=2, checkpoint_every=0,
+                                   gradient_checkpointing=True))
+    assert recomputed.losses == plain.losses
+    want, got = _weights(tmp_path / "plain"), _weights(tmp_path / "recomputed")
+    assert max((want[k] - got[k]).abs().max().item() for k in want) < 1e-6
+    bf16 = train(tiny_config(str(tmp_path / "bf16"), train=("TextPairs",), steps=2, checkpoint_every=0,
+                             precision="bf16"))
+    assert bf16.finished and all(abs(a - b) < 0.05 for a, b in zip(bf16.losses, plain.losses, strict=True))
+    assert bf16.card["embedding_recipe"] and bf16.card["finetune_recipe"]["precision"] == "bf16"
+
+
 def test_lora_targets_and_frozen_vision_tower():
     model = lora_model(tiny_config(lora_targets="language_model"), randomise=False)
     trainable = [name for name, p in model.backbone.named_parameters() if p.requires_grad]
