@@ -2,8 +2,8 @@
 
 A score file that looks valid but came from a misconfigured run is MMEB's most common failure (ImageNet hit@1 of
 0.001, VLM2Vec #153). Each task result therefore carries ``mmeb_protocol`` (package versions, model and recipe,
-instructions and placement, data source and checksum, candidate counts) and a loud flag when P@1 is at or below
-twice the chance level.
+instructions and placement, data source and checksum, rows skipped and texts truncated, candidate counts) and a
+loud flag when P@1 is at or below twice the chance level.
 """
 
 from __future__ import annotations
@@ -55,8 +55,25 @@ def _sha(texts: list[str]) -> str:
     return digest.hexdigest()[:16]
 
 
+def truncation(loaded: LoadedDataset, model: Any) -> dict[str, Any]:
+    """The model's text truncation on this task (``truncated_items`` None if the model cannot say); warns if any."""
+    report = getattr(model, "truncation_report", None)
+    if not callable(report):
+        recipe = getattr(model, "recipe", None)
+        return {"max_text_tokens": getattr(recipe, "max_text_tokens", None), "truncated_items": None}
+    record = dict(report(loaded.spec.key))
+    if record.get("truncated_items"):
+        logger.warning(
+            "dataset %s: %d item(s) longer than max_text_tokens=%s were truncated (the instruction and the "
+            "beginning of each text kept; longest prompt %s tokens); the count is in the result's mmeb_protocol",
+            loaded.spec.key, record["truncated_items"], record.get("max_text_tokens"),
+            record.get("longest_text_tokens"),
+        )
+    return record
+
+
 def protocol_record(loaded: LoadedDataset, model: Any) -> dict[str, Any]:
-    """Everything needed to reproduce (or distrust) one task's score."""
+    """Everything needed to reproduce (or distrust) one task's score (warns once if texts were truncated)."""
     spec = loaded.spec
     counts = [len(row.candidates) for row in loaded.rows]
     corpus = {c.item_id for row in loaded.rows for c in row.candidates}
@@ -87,6 +104,7 @@ def protocol_record(loaded: LoadedDataset, model: Any) -> dict[str, Any]:
             "files": [f.rsplit("/", 1)[-1] for f in loaded.files],
             "skipped_rows": len(loaded.skipped),
             "skipped_examples": loaded.skipped[:20],
+            "truncation": truncation(loaded, model),
         },
         "candidates": {
             "queries": len(loaded.rows),

@@ -8,6 +8,11 @@ Where a vector comes from, cheapest first: this embedder's memory (same item see
 cache (:mod:`mmeb_dllm.embed.cache`, other tasks and earlier runs), the network. Items that need the network are
 sorted by estimated length (prompt tokens + image tokens) so batches carry little padding; under a multi-process
 launch each rank encodes a share of them and the vectors are gathered (:mod:`mmeb_dllm.embed.distributed`).
+
+Prompts longer than the recipe's ``max_text_tokens`` (default: the model's own limit) are cut at the end of the
+text, never before the instruction or into the image placeholder; :attr:`Embedder.truncated` remembers which items
+were cut, and the shared cache keeps a marker per cut item (:func:`truncation_space`) so a task answered from the
+cache alone still reports them.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from tqdm.auto import tqdm
 from mmeb_dllm.backbones.base import IMAGE_PLACEHOLDER_ID, EmbeddedSample
 from mmeb_dllm.embed.distributed import RankGroup
 from mmeb_dllm.embed.pooling import pool
-from mmeb_dllm.embed.prompts import user_content
+from mmeb_dllm.embed.prompts import MMEB_IMAGE_TOKEN, user_content
 from mmeb_dllm.errors import ConfigError, MmebDllmError
 
 if TYPE_CHECKING:
@@ -43,6 +48,33 @@ logger = logging.getLogger(__name__)
 
 ENCODE_LOG_ENV = "MMEB_DLLM_ENCODE_LOG"
 """If set, a file that gets one JSON line per batch pushed through the network (rank, recipe key, item keys)."""
+UNSET_TOKENIZER_LIMIT = 10**9
+"""A tokenizer ``model_max_length`` at or above this means "not declared" (transformers' default is 1e30)."""
+
+
+def truncation_space(space: str) -> str:
+    """Cache space holding, per truncated item of embedding space ``space``, its prompt length before the cut."""
+    return f"{space}:truncated"
+
+
+def model_text_limit(backbone: Backbone) -> int | None:
+    """The model's own limit on prompt tokens: the smaller of its tokenizer's ``model_max_length`` and its language
+    model's maximum positions (``max_position_embeddings`` / ``max_sequence_length``), of those declared; else None."""
+    limits = []
+    declared = getattr(getattr(backbone, "tokenizer", None), "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < UNSET_TOKENIZER_LIMIT:
+        limits.append(declared)
+    config = getattr(getattr(backbone, "language_model", None), "config", None)
+    for name in ("max_position_embeddings", "max_sequence_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+    return min(limits, default=None)
+
+
+def text_tokens(ids: Sequence[int]) -> int:
+    """Prompt length as ``max_text_tokens`` counts it: every id but the image placeholder."""
+    return len(ids) - list(ids).count(IMAGE_PLACEHOLDER_ID)
 
 
 @dataclass(frozen=True)
@@ -94,7 +126,9 @@ class Embedder:
     Each distinct item (same text and pixels) is encoded once per embedder; :attr:`items_encoded` counts the items
     that went through the network in this process. Batches hold at most ``batch_size`` items of similar length;
     :attr:`tokens_real` / :attr:`tokens_computed` count the real and the padded sequence positions the network ran
-    on (their ratio is the padding overhead).
+    on (their ratio is the padding overhead). :attr:`max_text_tokens` is the prompt limit in force (the recipe's,
+    else the model's own, else ``None``); :attr:`truncated` maps the content key of every item this embedder cut
+    to its prompt length before the cut.
     """
 
     def __init__(
@@ -122,6 +156,8 @@ class Embedder:
         self.items_encoded = 0
         self.tokens_real = 0
         self.tokens_computed = 0
+        self.max_text_tokens = recipe.max_text_tokens or model_text_limit(self.backbone)
+        self.truncated: dict[str, int] = {}
         self._vectors: dict[str, np.ndarray] = {}
         self._encode_log = os.environ.get(ENCODE_LOG_ENV) or None
 
@@ -130,12 +166,56 @@ class Embedder:
         return self.backbone.hidden_size
 
     def prompt_ids(self, item: Item) -> list[int]:
-        """Token ids of the item's full prompt (image placeholder id included, mask tokens appended)."""
-        content = user_content(item.text, has_image=item.image is not None, image_token=self.backbone.image_token)
+        """Token ids of the item's full prompt (image placeholder id included, mask tokens appended), its text cut
+        to :attr:`max_text_tokens`."""
+        return self.prompt(item)[0]
+
+    def prompt(self, item: Item) -> tuple[list[int], int]:
+        """:meth:`prompt_ids` and the prompt's :func:`text_tokens` before any cut (larger than the ids' = cut)."""
+        ids = self._render_ids(item.text, item.image is not None)
+        length = text_tokens(ids)
+        if self.max_text_tokens is None or length <= self.max_text_tokens:
+            return ids, length
+        return self._cut(item, self.max_text_tokens), length
+
+    def _render_ids(self, text: str, has_image: bool) -> list[int]:
+        content = user_content(text, has_image=has_image, image_token=self.backbone.image_token)
         ids = self.backbone.tokenize(self.backbone.render_prompt(content))
         if self.recipe.pooling == "mask":
             ids = ids + [self.backbone.mask_token_id] * self.recipe.num_mask_tokens
         return ids
+
+    def _cut(self, item: Item, limit: int) -> list[int]:
+        """Ids of the longest prefix of the item's text whose prompt fits ``limit`` (binary search on characters).
+
+        The cut never falls inside an MMEB image placeholder, nor, for an item with an image, before its first
+        placeholder (that is where the image goes); if even that shortest prefix does not fit, a ConfigError names
+        the item.
+        """
+        text, has_image = item.text, item.image is not None
+        spans = [(i, i + len(MMEB_IMAGE_TOKEN)) for i in _occurrences(text, MMEB_IMAGE_TOKEN)]
+        floor = spans[0][1] if has_image and spans else 0
+        best = self._render_ids(text[:floor], has_image)
+        if text_tokens(best) > limit:
+            raise ConfigError(
+                f"{self.recipe.model}: item {text[:80]!r} cannot be cut to max_text_tokens={limit}: its prompt "
+                f"without any text after the image placeholder already has {text_tokens(best)} tokens (chat "
+                f"template, instruction, mask tokens); raise max_text_tokens to at least {text_tokens(best)}"
+            )
+        low, high = floor, len(text)  # text[:low] fits, text[:high] does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            inside = next(((start, end) for start, end in spans if start < middle < end), None)
+            if inside is not None:  # move the cut to the placeholder's start, else (if that is not above low) its end
+                middle = inside[0] if inside[0] > low else inside[1]
+                if middle >= high:
+                    break
+            ids = self._render_ids(text[:middle], has_image)
+            if text_tokens(ids) <= limit:
+                low, best = middle, ids
+            else:
+                high = middle
+        return best
 
     def estimated_length(self, item: Item, ids: list[int]) -> int:
         """Sequence length the item will have: prompt tokens with the image placeholder replaced by its positions."""
@@ -173,6 +253,8 @@ class Embedder:
             unique.setdefault(key, item)
         missing = [key for key in unique if key not in self._vectors]
         found = self._cached(missing)
+        for key in found:
+            self._note_truncation(key, unique[key])
         self._vectors.update(found)
         todo = {key: unique[key] for key in missing if key not in found}
         if progress is not None:
@@ -233,12 +315,19 @@ class Embedder:
         enough of them for every rank), and the rank that encodes each. Identical on every rank."""
         work = []
         for key, item in todo.items():
-            ids = self.prompt_ids(item)
+            ids = self._note_truncation(key, item)
             work.append(_Work(key, item, ids, self.estimated_length(item, ids)))
         work.sort(key=lambda entry: -entry.length)  # stable: equal lengths keep first-seen order on every rank
         size = math.ceil(len(work) / self.group.batch_count(len(work), batch_size))
         batches = [work[i : i + size] for i in range(0, len(work), size)]
         return batches, self.group.assign([batch[0].length * len(batch) for batch in batches])
+
+    def _note_truncation(self, key: str, item: Item) -> list[int]:
+        """The item's prompt ids; remember the item in :attr:`truncated` if they were cut."""
+        ids, length = self.prompt(item)
+        if length > text_tokens(ids):
+            self.truncated[key] = length
+        return ids
 
     def _gather(
         self,
@@ -268,6 +357,9 @@ class Embedder:
         fresh = {entry.key: vector for entry, vector in zip(batch, vectors, strict=True)}
         self._vectors.update(fresh)
         if self.cache is not None:
+            cut = {key: np.array([self.truncated[key]], dtype=np.float32) for key in fresh if key in self.truncated}
+            if cut:  # before the vectors: a cached vector of a cut item always has its marker
+                self.cache.put(truncation_space(self.space), cut)
             self.cache.put(self.space, fresh)
         if self._encode_log:
             line = {"rank": self.group.rank, "pid": os.getpid(), "space": self.space, "items": list(fresh)}
@@ -343,3 +435,12 @@ class Embedder:
         if self.recipe.normalize:
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled
+
+
+def _occurrences(text: str, token: str) -> list[int]:
+    """Start offsets of every occurrence of ``token`` in ``text``."""
+    starts, at = [], text.find(token)
+    while at >= 0:
+        starts.append(at)
+        at = text.find(token, at + len(token))
+    return starts

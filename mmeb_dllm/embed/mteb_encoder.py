@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from mmeb_dllm.benchmark.images import open_image
 from mmeb_dllm.embed.cache import EmbeddingCache, default_cache
 from mmeb_dllm.embed.distributed import RankGroup, rank_device
-from mmeb_dllm.embed.embedder import Embedder, Item, as_rgb, item_key
+from mmeb_dllm.embed.embedder import Embedder, Item, as_rgb, item_key, truncation_space
 from mmeb_dllm.embed.recipe import EmbeddingRecipe
 from mmeb_dllm.errors import MmebDllmError
 from mmeb_dllm.zoo import get_spec, load_backbone, resolve_checkpoint
@@ -38,7 +38,10 @@ WINDOW_PIXELS = 64_000_000
 T = TypeVar("T")
 _END = object()
 
-RECIPE_OPTIONS = ("pooling", "num_mask_tokens", "attention", "instruction", "image_resolution", "dtype", "normalize")
+RECIPE_OPTIONS = (
+    "pooling", "num_mask_tokens", "attention", "instruction", "image_resolution", "dtype", "normalize",
+    "max_text_tokens",
+)
 
 
 class MMEBEncoder(AbsEncoder):
@@ -72,6 +75,7 @@ class MMEBEncoder(AbsEncoder):
         )
         self.device = _device_name(device)
         self._embedder: Embedder | None = None
+        self._truncated: dict[str, dict[str, int]] = {}  # task name -> item key -> prompt tokens before the cut
 
     @property
     def embedder(self) -> Embedder:
@@ -119,6 +123,8 @@ class MMEBEncoder(AbsEncoder):
         show_progress = bool(kwargs.get("show_progress_bar", True)) and self.rank_group.is_main
         quiet = not show_progress or total < 2 * batch_size
         windows = item_windows(inputs, task_metadata.name, max_items=max(WINDOW_ITEMS, 16 * batch_size))
+        truncated = self._truncated.pop(task_metadata.name, {})
+        self._truncated[task_metadata.name] = truncated  # most recently encoded task last
         chunks = []
         try:
             with tqdm(total=total, desc="Embedding", unit="item", leave=False, disable=quiet) as bar:
@@ -126,7 +132,10 @@ class MMEBEncoder(AbsEncoder):
                     vectors = self._cached_window(keys)
                     if vectors is None:
                         vectors = self.embedder.embed_prepared(items, keys, batch_size=batch_size, progress=bar.update)
+                        cut = self.embedder.truncated
+                        truncated.update({key: cut[key] for key in keys if key in cut})
                     else:
+                        truncated.update(self._cached_truncations(keys))
                         bar.update(len(keys))
                     chunks.append(vectors)
         except MmebDllmError as exc:
@@ -148,6 +157,23 @@ class MMEBEncoder(AbsEncoder):
         if len(found) < len(set(keys)):
             return None
         return np.stack([found[key] for key in keys]) if keys else None
+
+    def _cached_truncations(self, keys: list[str]) -> dict[str, int]:
+        """Prompt lengths before the cut of the items among ``keys`` that the shared cache marks as truncated."""
+        assert self.embedding_cache is not None
+        found = self.embedding_cache.get(truncation_space(self.recipe.key()), keys)
+        return {key: int(value[0]) for key, value in found.items()}
+
+    def truncation_report(self, task: str) -> dict[str, Any]:
+        """Text truncation of the most recently encoded task named ``task`` (or ending in ``-<task>``, e.g. a
+        dataset key): ``max_text_tokens`` (the limit in force; ``None`` if the weights were never loaded because
+        the cache held every vector, or if the model declares no limit), ``truncated_items`` (distinct items cut)
+        and ``longest_text_tokens`` (the longest prompt before its cut)."""
+        name = next((n for n in reversed(self._truncated) if n == task or n.endswith(f"-{task}")), None)
+        cut = self._truncated.get(name, {}) if name is not None else {}
+        limit = self._embedder.max_text_tokens if self._embedder is not None else self.recipe.max_text_tokens
+        longest = max(cut.values(), default=None)
+        return {"max_text_tokens": limit, "truncated_items": len(cut), "longest_text_tokens": longest}
 
 
 def item_windows(

@@ -32,6 +32,11 @@ class EmbeddingRecipe:
         pooling: ``last`` (last real token), ``mean`` (all real tokens) or ``mask`` (append
             ``num_mask_tokens`` diffusion mask tokens after the prompt and average their states).
         num_mask_tokens: how many mask tokens ``mask`` pooling appends.
+        max_text_tokens: most token ids a prompt may hand the backbone (chat template, instruction, text and
+            appended mask tokens; image feature positions not counted). Longer texts are cut at the end, keeping
+            the instruction, the image placeholder and the beginning of the text, and counted in the task's
+            protocol record. ``None``: the model's own limit (the smaller of its tokenizer's ``model_max_length``
+            and its language model's maximum positions, whichever are declared).
         attention: ``default`` (the family's own), ``causal`` or ``bidirectional``.
         instruction: instruction placement; ``mmeb`` = the dataset's instruction text as in MMEB's rows
             (image placeholder, instruction, then the query text) inside the user turn of the chat template.
@@ -49,6 +54,7 @@ class EmbeddingRecipe:
     adapter_hash: str | None = None
     pooling: str = "last"
     num_mask_tokens: int = 8
+    max_text_tokens: int | None = None
     attention: str = "default"
     instruction: str = "mmeb"
     image_resolution: str = "native"
@@ -67,6 +73,9 @@ class EmbeddingRecipe:
                 raise ConfigError(f"unknown {name} {value!r} for model {self.model}; choose one of {list(allowed)}")
         if self.num_mask_tokens < 1:
             raise ConfigError(f"num_mask_tokens must be >= 1, got {self.num_mask_tokens}")
+        limit = self.max_text_tokens
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise ConfigError(f"max_text_tokens must be a positive integer or None, got {self.max_text_tokens!r}")
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
