@@ -412,7 +412,7 @@ PHOTOS_CLS = Spec(
 
 
 def build_digits() -> Built:
-    """CLS, IND: 30 eval digits (3 per class), 200 train digits (20 per class), disjoint."""
+    """CLS, IND: 30 eval digits (3 per class), 800 train digits (80 per class), disjoint."""
     rng = np.random.default_rng(101)
     ev, tr = sinks(DIGITS.key)
     digits = load_digits()
@@ -423,7 +423,7 @@ def build_digits() -> Built:
             path = ev.save(f"{cls}_{j}", digit_image(digits.images[i]))
             cands = label_candidates(rng, word, DIGIT_WORDS)
             built.eval_rows.append(eval_row(DIGITS.query(), path, cands))
-        for j, i in enumerate(idx[3:23]):
+        for j, i in enumerate(idx[3:83]):
             path = tr.save(f"{cls}_{j:02d}", digit_image(digits.images[i]))
             built.train_rows.append(TrainRow(DIGITS.query() + "\n", path, word, ""))
     return built

@@ -84,7 +84,7 @@ def test_stock_cli_scores_equal_an_independent_computation(mmeb_data_dir, tmp_pa
         assert round(scores["mmeb_hit_at_1"] * queries) == hits
         assert scores["mmeb_hit_at_1"] == pytest.approx(hits / queries, abs=1e-5)
     meta = json.loads(next(tmp_path.rglob("model_meta.json")).read_text())
-    assert meta["loader_kwargs"]["pooling"] == "last" and meta["revision"] == "tiny-v1"
+    assert meta["loader_kwargs"]["pooling"] == "last" and meta["revision"] == "tiny-v2"
 
 
 @pytest.mark.parametrize("key", FIXTURE_DATASETS)

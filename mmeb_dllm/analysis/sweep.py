@@ -220,6 +220,8 @@ def main(argv: list[str]) -> int:
     scale.add_argument("--train", default="MMEB-mini", help="training data (see mmeb-dllm finetune --train)")
     scale.add_argument("--out", type=Path, default=Path("sweeps/data-scale"))
     scale.add_argument("--reference", type=float, default=None, help="horizontal reference line (P@1 x 100)")
+    scale.add_argument("--preset", default="vlm2vec",
+                       help="fine-tune preset every run starts from (see mmeb-dllm finetune -h), e.g. tiny-cpu")
     scale.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="fine-tune option for every run, e.g. --set steps=40 --set learning_rate=3e-3")
     args = parser.parse_args(argv)
@@ -230,9 +232,13 @@ def main(argv: list[str]) -> int:
     if not scales or min(scales) < 1:
         raise ConfigError(f"--scales {args.scales!r}: give comma-separated positive integers, e.g. 8,32,128")
     from mmeb_dllm.finetune.config import parse_list
+    from mmeb_dllm.finetune.presets import preset_overrides
 
+    overrides = {key: value for key, value in preset_overrides(args.preset).items()
+                 if key not in {"train", "samples_per_task"}}  # the sweep's own
+    overrides.update(_overrides(args.set))
     rows = run_sweep(args.model, scales, args.out, benchmark=args.benchmark, meta_task=args.meta_task,
-                     train=parse_list(args.train), overrides=_overrides(args.set))
+                     train=parse_list(args.train), overrides=overrides)
     plot = plot_sweep(rows, args.out, title=f"data scale: {args.benchmark}-{args.meta_task}", reference=args.reference)
     print(f"wrote {args.out / 'sweep.csv'} and {plot}")
     return 0

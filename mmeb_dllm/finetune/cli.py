@@ -1,7 +1,8 @@
 """``mmeb-dllm finetune --model <name> --train <datasets|MMEB-mini> --out <dir> [options]``.
 
 Every :class:`~mmeb_dllm.finetune.config.FinetuneConfig` field is an option (``--learning-rate``, ``--no-dora``,
-...) with the field's help text; unset options keep the VLM2Vec defaults. Launch under ``torchrun`` /
+...) with the field's help text; unset options keep the VLM2Vec defaults, or those of ``--preset`` (e.g.
+``--preset tiny-cpu``, see :mod:`mmeb_dllm.finetune.presets`). Launch under ``torchrun`` /
 ``accelerate launch`` (e.g. ``torchrun --nproc_per_node 8 -m mmeb_dllm finetune ...``) to train on several
 processes with the same global batch.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mmeb_dllm.finetune.config import FinetuneConfig, parse_list
+from mmeb_dllm.finetune.presets import PRESETS, preset_overrides
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mmeb-dllm finetune",
         description="Train a contrastive LoRA adapter (VLM2Vec recipe by default) that becomes an mteb model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--preset", default="vlm2vec", choices=list(PRESETS),
+        help="named recipe whose values replace the defaults below (explicit options still win): "
+        + "; ".join(f"{p.name}: {p.help}" for p in PRESETS.values()),
     )
     hints = typing.get_type_hints(FinetuneConfig)
     for spec in fields(FinetuneConfig):
@@ -49,8 +56,17 @@ def _scalar_type(kind: Any) -> type:
 
 
 def parse_config(argv: Sequence[str]) -> FinetuneConfig:
-    """The config the command line describes (unset options keep their defaults)."""
-    values = vars(build_parser().parse_args(list(argv)))
+    """The config the command line describes (unset options keep the defaults of the chosen preset)."""
+    argv = list(argv)
+    parser = build_parser()
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--preset", default="vlm2vec", choices=list(PRESETS))
+    overrides = preset_overrides(chosen.parse_known_args(argv)[0].preset)
+    if "train" in overrides:
+        overrides["train"] = ",".join(overrides["train"])
+    parser.set_defaults(**overrides)
+    values = vars(parser.parse_args(argv))
+    values.pop("preset")
     if isinstance(values["train"], str):
         values["train"] = parse_list(values["train"])
     return FinetuneConfig(**values)

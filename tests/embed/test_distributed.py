@@ -117,7 +117,7 @@ WORKER = textwrap.dedent(
 @pytest.mark.slow
 def test_two_rank_torchrun_encode_equals_one_rank(tmp_path):
     pairs = _fixture_items(tmp_path / "data")
-    recipe = EmbeddingRecipe(model="mmeb-dllm/lavida-embed-tiny", checkpoint="tiny:lavida-llada", revision="tiny-v1")
+    recipe = EmbeddingRecipe(model="mmeb-dllm/lavida-embed-tiny", checkpoint="tiny:lavida-llada", revision="tiny-v2")
     single = Embedder(LavidaBackbone.from_pretrained(tiny_checkpoint_dir("lavida-llada")), recipe)
     expected = single.embed(_items(pairs), batch_size=2, show_progress=False)
     unique = single.items_encoded

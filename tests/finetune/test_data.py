@@ -48,7 +48,7 @@ def test_mini_split_reads_every_train_set_with_images_and_hard_negatives():
     data = load_train_data(["MMEB-mini"], split="original", samples_per_task=50_000, seed=0)
     assert [s.name for s in data.sets] == [f"MMEB-mini/{k}" for k in MINI_SETS]
     by_name = {s.name: s for s in data.sets}
-    assert len(by_name["MMEB-mini/Digits"].pairs) == 200
+    assert len(by_name["MMEB-mini/Digits"].pairs) == 800  # tasks/README.md: 80 per class
     assert len(by_name["MMEB-mini/ShapeGrounding"].pairs) == 210
     digits = by_name["MMEB-mini/Digits"].pairs[0]
     assert digits.query.image is not None and digits.query.image.is_file()

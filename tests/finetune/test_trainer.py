@@ -43,7 +43,7 @@ def test_card_describes_the_run(uninterrupted):
     out, result = uninterrupted
     card = read_card(out)
     assert card == json.loads((out / CARD_FILE).read_text())
-    assert card["base_model"]["name"] == "mmeb-dllm/lavida-embed-tiny" and card["base_model"]["revision"] == "tiny-v1"
+    assert card["base_model"]["name"] == "mmeb-dllm/lavida-embed-tiny" and card["base_model"]["revision"] == "tiny-v2"
     assert card["embedding_recipe"]["pooling"] == "last"
     assert card["finetune_recipe"]["lora_dropout"] == 0.2 and card["finetune_recipe"]["train"] == ["TextPairs"]
     assert card["data"][0]["rows_available"] == 8 and card["data"][0]["hard_negatives"] == 4
