@@ -23,7 +23,7 @@ from typing import Any
 from mmeb_dllm.analysis.plots import line_plot
 from mmeb_dllm.errors import ConfigError
 from mmeb_dllm.finetune.card import CARD_FILE, read_card
-from mmeb_dllm.finetune.config import FinetuneConfig
+from mmeb_dllm.finetune.config import FinetuneConfig, recipe_differences
 
 CSV_FIELDS = (
     "model", "scale", "train_samples", "p_at_1", "tasks", "steps", "final_loss", "train_seconds", "eval_seconds",
@@ -90,10 +90,8 @@ def finished_card(adapter: Path, config: FinetuneConfig) -> dict[str, Any] | Non
     if not (adapter / CARD_FILE).is_file():
         return None
     card = read_card(adapter)
-    saved, wanted = card["finetune_recipe"], json.loads(json.dumps(config.recipe()))
-    differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
-    if differing:
-        details = ", ".join(f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differing[:6])
+    details = recipe_differences(card["finetune_recipe"], json.loads(json.dumps(config.recipe())))
+    if details:
         raise ConfigError(
             f"{adapter} holds an adapter made with other fine-tune options ({details}); rerun with the options it "
             f"was made with, or use another --out for the new recipe"

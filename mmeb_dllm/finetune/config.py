@@ -156,3 +156,9 @@ def parse_list(value: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def recipe_differences(saved: dict[str, Any], wanted: dict[str, Any], *, most: int = 6) -> str:
+    """``"key: saved -> wanted, ..."`` for the recipe fields that differ (at most ``most``); ``""`` when none do."""
+    differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
+    return ", ".join(f"{key}: {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differing[:most])

@@ -31,7 +31,7 @@ from mmeb_dllm.errors import ConfigError, MmebDllmError
 from mmeb_dllm.finetune import checkpoint as ckpt
 from mmeb_dllm.finetune import distributed
 from mmeb_dllm.finetune.card import CARD_FILE, CARD_FORMAT, EMBEDDING_FIELDS, software_versions, write_card
-from mmeb_dllm.finetune.config import REGEX_PREFIX, FinetuneConfig, parse_list
+from mmeb_dllm.finetune.config import REGEX_PREFIX, FinetuneConfig, parse_list, recipe_differences
 from mmeb_dllm.finetune.data import TrainData, load_train_data
 from mmeb_dllm.finetune.gradcache import ContrastiveBatch, contrastive_step
 from mmeb_dllm.finetune.losses.infonce import info_nce
@@ -202,11 +202,8 @@ def _check_out(out: Path, config: FinetuneConfig) -> Path | None:
     latest = ckpt.latest_checkpoint(out)
     if latest is None:
         return None
-    saved = ckpt.read_state(latest).get("recipe", {})
-    wanted = config.recipe()
-    differing = sorted(key for key in set(saved) | set(wanted) if saved.get(key) != wanted.get(key))
-    if differing:
-        details = ", ".join(f"{key}: {saved.get(key)!r} → {wanted.get(key)!r}" for key in differing[:6])
+    details = recipe_differences(ckpt.read_state(latest).get("recipe", {}), config.recipe())
+    if details:
         raise ConfigError(
             f"{out} holds a checkpoint of another run ({latest.name}; {details}). Resume it with the same options, "
             f"or use another --out"

@@ -97,7 +97,7 @@ def test_refuses_a_finished_adapter_and_a_checkpoint_of_another_recipe(uninterru
     foreign.mkdir(parents=True)
     recipe = tiny_config(str(tmp_path / "foreign"), **RESUME).recipe() | {"learning_rate": 0.5}
     (foreign / "state.json").write_text(json.dumps({"recipe": recipe, "step": 2}))
-    with pytest.raises(ConfigError, match=r"another run .*learning_rate: 0\.5 → 0\.001"):
+    with pytest.raises(ConfigError, match=r"another run .*learning_rate: 0\.5 -> 0\.001"):
         train(tiny_config(str(tmp_path / "foreign"), **RESUME))
 
 
