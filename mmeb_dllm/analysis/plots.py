@@ -59,8 +59,11 @@ def line_plot(
         ax.plot(list(xs), list(ys), marker="o", label=name)
     if reference is not None:
         ax.axhline(reference, linestyle=":", color="black", label=f"reference {reference:.1f}")
-    if log_x:
+    if log_x:  # ticks at the data's x values, written as plain numbers (not 2×10¹)
         ax.set_xscale("log")
+        ticks = sorted({float(x) for xs, _ in series.values() for x in xs if float(x) > 0})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
