@@ -117,17 +117,27 @@ def protocol_record(loaded: LoadedDataset, model: Any) -> dict[str, Any]:
     }
 
 
+_GUARDED_MODELS: set[str] = set()
+"""Models whose chance-level warning, with the causes, was already given in this process."""
+
+
 def chance_guard(task_name: str, score: float, chance: float, model: Any) -> bool:
-    """Warn loudly when ``score`` is at or below twice the chance level; return whether it fired."""
+    """Warn loudly when ``score`` is at or below twice the chance level; return whether it fired.
+
+    The first warning for a model in a process lists the likely causes; later ones (other tasks) are one line."""
     if score > GUARD_FACTOR * chance:
         return False
     name = getattr(getattr(model, "mteb_model_meta", None), "name", type(model).__name__)
-    causes = "\n  - ".join(LIKELY_CAUSES)
-    message = (
+    headline = (
         f"CHANCE-LEVEL SCORE: {name} on {task_name} has P@1 {score:.3f} <= {GUARD_FACTOR:g} x chance ({chance:.3f}). "
-        f"Do not trust this number. Likely causes:\n  - {causes}\n"
-        f"Run `mmeb-dllm doctor -m {name} -t {task_name}` to check the recipe on a few rows."
+        f"Do not trust this number."
     )
-    logger.warning(message)
+    doctor = f"Run `mmeb-dllm doctor -m {name} -t {task_name}` to check the recipe on a few rows."
+    if name in _GUARDED_MODELS:
+        message = f"{headline} (likely causes: see the first such warning) {doctor}"
+    else:
+        _GUARDED_MODELS.add(name)
+        causes = "\n  - ".join(LIKELY_CAUSES)
+        message = f"{headline} Likely causes:\n  - {causes}\n{doctor}"
     warnings.warn(message, stacklevel=2)
     return True

@@ -36,3 +36,17 @@ def test_result_carries_the_protocol_record():
     assert record["data"]["source"].startswith("bundled") and record["data"]["revision"].startswith("local-")
     assert record["candidates"]["per_query_max"] == record["candidates"]["declared"]
     assert result.task_results[0].dataset_revision == record["data"]["revision"]
+
+
+def test_guard_lists_the_causes_once_per_model_then_one_line_per_task():
+    class Model:
+        class mteb_model_meta:
+            name = "guard-once-test-model"
+
+    with pytest.warns(UserWarning) as first:
+        chance_guard("TaskA", 0.1, 0.1, Model())
+    with pytest.warns(UserWarning) as second:
+        chance_guard("TaskB", 0.1, 0.1, Model())
+    assert "Likely causes" in str(first[0].message) and "TaskA" in str(first[0].message)
+    later = str(second[0].message)
+    assert "TaskB" in later and "\n" not in later and "mmeb-dllm doctor -m guard-once-test-model -t TaskB" in later
