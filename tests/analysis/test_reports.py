@@ -23,6 +23,12 @@ def _non_blank(path) -> None:
     assert image.std() > 5.0
 
 
+def _drawn_pixels(path, colour: tuple[int, int, int]) -> int:
+    """Pixels within a small distance of ``colour`` (matplotlib's C0 blue / C1 orange markers)."""
+    image = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
+    return int((np.abs(image - np.array(colour)).sum(axis=-1) < 40).sum())
+
+
 def test_last_layer_of_forward_layers_is_the_embedding():
     embedder = Embedder(ToyBackbone(), EmbeddingRecipe(model="test/toy", checkpoint="toy", revision="0"))
     items = [Item("a red thing", Image.new("RGB", (8, 8), (200, 10, 10))), Item("just text, longer than the other")]
@@ -42,6 +48,9 @@ def test_alignment_and_layers_commands(tmp_path, capsys):
     assert len(report["rows"]) == 12 and report["metrics"]["pairs"] == 12
     assert set(report["metrics"]) >= {"margin", "modality_gap", "alignment", "uniformity_queries", "recall_at_1_q2t"}
     _non_blank(folder / "tsne.png")
+    # 12 query circles (C0) and 12 target triangles (C1) are drawn, not only the legend's two markers (~60 px each)
+    assert _drawn_pixels(folder / "tsne.png", (31, 119, 180)) > 300
+    assert _drawn_pixels(folder / "tsne.png", (255, 127, 14)) > 300
     assert analyze_main(["layers", *common]) == 0
     rows = list(csv.DictReader((folder / "layers.csv").open()))
     assert [int(r["layer"]) for r in rows] == [0, 1, 2]
