@@ -116,7 +116,9 @@ def run_sweep(
     without retraining; a checkpoint left by a killed fine-tune is resumed by the trainer.
     """
     from mmeb_dllm.finetune.trainer import train as train_adapter
+    from mmeb_dllm.zoo import get_spec
 
+    models = list(dict.fromkeys(get_spec(model).name for model in models))  # one row per model, alias or not
     csv_path = out / "sweep.csv"
     tasks = evaluation_tasks(benchmark, meta_task)
     task_list = " ".join(tasks)

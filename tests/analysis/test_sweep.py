@@ -140,6 +140,18 @@ def test_rerun_skips_every_finished_scale(first):
 
 
 @pytest.mark.slow
+def test_rerun_under_the_full_mteb_name_skips_too(first):
+    out, _ = first
+    before_csv = (out / "sweep.csv").read_bytes()
+    argv = sweep_argv(out)
+    argv[argv.index(MODEL)] = f"mmeb-dllm/{MODEL}"
+    spy, printed = run(argv)
+    assert spy.trained == [] and spy.evaluated == []
+    assert printed.count("already done, skipped") == len(SCALES)
+    assert (out / "sweep.csv").read_bytes() == before_csv
+
+
+@pytest.mark.slow
 def test_killed_sweep_redoes_only_the_missing_scales(first, tmp_path):
     """Killed while evaluating scale 8 (its adapter finished, no CSV row) before scale 16 started."""
     source, _ = first
