@@ -253,8 +253,9 @@ class Embedder:
             unique.setdefault(key, item)
         missing = [key for key in unique if key not in self._vectors]
         found = self._cached(missing)
-        for key in found:
-            self._note_truncation(key, unique[key])
+        if found and self.cache is not None:  # cut items carry a marker next to their vector: no re-tokenising
+            markers = self.cache.get(truncation_space(self.space), list(found))
+            self.truncated.update({key: int(marker[0]) for key, marker in markers.items()})
         self._vectors.update(found)
         todo = {key: unique[key] for key in missing if key not in found}
         if progress is not None:
