@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from mmeb_dllm.embed.distributed import RankGroup
 from mmeb_dllm.errors import CheckpointError
 from mmeb_dllm.finetune import distributed
-from mmeb_dllm.finetune.distributed import DistContext
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -71,7 +71,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: dict[str, Any],
-    ctx: DistContext,
+    ctx: RankGroup,
 ) -> Path:
     """Write the checkpoint after ``step`` optimizer steps (every rank calls this); keep only the newest."""
     root = checkpoint_root(out)
@@ -112,7 +112,7 @@ def load_checkpoint(
     parameters: dict[str, torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    ctx: DistContext,
+    ctx: RankGroup,
 ) -> dict[str, Any]:
     """Restore weights, optimizer, scheduler and this rank's RNG from ``path``; return its ``state.json``."""
     state = read_state(path)

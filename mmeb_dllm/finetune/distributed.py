@@ -12,38 +12,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistContext:
-    """Where this process stands: ``rank`` of ``world_size`` processes, ``local_rank`` on its machine."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from mmeb_dllm.embed.distributed import RankGroup
 
 
-def setup(use_cuda: bool) -> DistContext:
+def setup(use_cuda: bool) -> RankGroup:
     """Join the process group when launched with ``WORLD_SIZE`` > 1 (nccl on GPUs, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return DistContext()
+        return RankGroup()
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return RankGroup(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                     local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def teardown() -> None:

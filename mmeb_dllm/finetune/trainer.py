@@ -177,7 +177,7 @@ def prepare_model(config: FinetuneConfig, device: torch.device) -> PreparedModel
 # --- the loop -----------------------------------------------------------------------------------------------------
 
 
-def _device(config: FinetuneConfig, ctx: distributed.DistContext) -> torch.device:
+def _device(config: FinetuneConfig, ctx: distributed.RankGroup) -> torch.device:
     if config.device != "auto":
         return torch.device(config.device)
     return torch.device(f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu")
@@ -329,7 +329,7 @@ def train(
     return TrainResult(out=out, finished=True, steps_done=step, losses=losses, card=card)
 
 
-def _progress_bar(config: FinetuneConfig, ctx: distributed.DistContext, start: int) -> Any:
+def _progress_bar(config: FinetuneConfig, ctx: distributed.RankGroup, start: int) -> Any:
     if not (config.progress and ctx.is_main):
         return None
     from tqdm.auto import tqdm
@@ -339,7 +339,7 @@ def _progress_bar(config: FinetuneConfig, ctx: distributed.DistContext, start: i
 
 def _state(
     config: FinetuneConfig, data: TrainData, step: int, losses: list[float], elapsed: float,
-    ctx: distributed.DistContext, resumed: list[int],
+    ctx: distributed.RankGroup, resumed: list[int],
 ) -> dict[str, Any]:
     epoch, offset = data.position(step, config.global_batch_size)
     return {
